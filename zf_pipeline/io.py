@@ -8,6 +8,10 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pyarrow
 
 
 def _tmp_sibling(path: Path) -> Path:
@@ -40,3 +44,20 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+
+def write_table(table: "pyarrow.Table", stem: str | os.PathLike) -> tuple[Path, Path]:
+    """Write ``<stem>.parquet`` and ``<stem>.csv`` atomically; list columns are left out of the CSV."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    stem = Path(stem)
+    parquet, csv = stem.with_suffix(".parquet"), stem.with_suffix(".csv")
+    with atomic_path(parquet) as tmp:
+        pq.write_table(table, tmp)
+    flat = table.select([f.name for f in table.schema if not pa.types.is_list(f.type)])
+    with atomic_path(csv) as tmp:
+        pacsv.write_csv(flat, tmp)
+    return parquet, csv

@@ -1,0 +1,383 @@
+"""A split of images written as WebDataset shards, preprocessed as in the paper (see ``preprocess.py``).
+
+A finished split folder holds (the format contract the training and feature code read):
+
+- ``<split>-NNNNNN.tar``: shards; a sample's ``__key__`` is its 9-digit position in the split's order (train
+  shuffled by ``seed``, other splits sorted by image_id) with members ``<key>.cls`` (class index, -1 if none),
+  ``<key>.jpg`` (the RGB center crop) and ``<key>.json`` (image_id, label, class_id, source, labels).
+  Shard i holds positions [i * images_per_shard, (i + 1) * images_per_shard); a skipped image leaves a gap,
+  so every shard depends on its own images only (parallel, resumable, reproducible).
+- ``manifest.parquet`` (one row per written image), ``skipped.parquet`` (one row per unusable input, with
+  its reason), ``classes.json``, ``config.json`` (what the shards were made with; written first), and
+  ``summary.json``, written last: its presence means the folder is complete.
+
+Shards are byte-identical for the same inputs and config whatever the number of workers: tar headers carry
+no time, owner or host, members are in sorted order and the JPEG encoder settings are fixed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import multiprocessing
+import os
+import tarfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from functools import partial
+from itertools import islice
+from multiprocessing.pool import Pool
+from pathlib import Path
+
+import numpy as np
+import PIL
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import features
+from tqdm import tqdm
+
+from zf_pipeline.data.preprocess import REDUCING_GAP, RESAMPLE, Preprocessing, UnusableImage, preprocess
+from zf_pipeline.data.records import ImageRecord, ImageSet, read_bytes
+from zf_pipeline.io import atomic_path, write_bytes_atomic
+
+logger = logging.getLogger(__name__)
+
+# Imagenette's 256 px crops average 22 kB at quality 90 (docs/results/sharding.md); full-size ImageNet
+# photos have more detail per pixel. 5,000 images make ~110-200 MB shards: 257 shards for ImageNet train,
+# enough to spread over many GPUs x loader workers, few enough to stream without per-file overhead.
+DEFAULT_IMAGES_PER_SHARD = 5000
+KEY_DIGITS = 9
+FORMAT_VERSION = 1
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("source", pa.string()),
+        ("split", pa.string()),
+        ("shard", pa.string()),
+        ("key", pa.string()),
+        ("label", pa.int32()),
+        ("class_id", pa.string()),
+    ]
+)
+SKIPPED_SCHEMA = pa.schema([("image_id", pa.string()), ("source", pa.string()), ("reason", pa.string())])
+
+
+class IncompleteShards(FileNotFoundError):
+    """A shard folder without summary.json: never finished (or not a shard folder at all)."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sample read back from a shard."""
+
+    key: str
+    jpeg: bytes
+    label: int
+    meta: dict
+
+
+def shard_name(split: str, index: int) -> str:
+    """File name of shard ``index`` of ``split``: '<split>-NNNNNN.tar'."""
+    return f"{split}-{index:06d}.tar"
+
+
+def split_order(images: ImageSet, seed: int) -> list[ImageRecord]:
+    """The order samples are written in: the train split shuffled by ``seed``, every other split by image_id."""
+    ordered = sorted(images.records, key=lambda record: record.image_id)
+    if images.split == "train":
+        # A local generator: the permutation depends on the seed only, not on global random state.
+        permutation = np.random.default_rng(seed).permutation(len(ordered))
+        ordered = [ordered[i] for i in permutation]
+    return ordered
+
+
+def _fingerprint(
+    images: ImageSet, order: list[ImageRecord], preprocessing: Preprocessing, images_per_shard: int, seed: int
+) -> dict:
+    """Everything the shards' bytes depend on; a folder made with another fingerprint is redone."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([images.classes, images.class_names]).encode())
+    for record in order:
+        digest.update(
+            json.dumps([record.image_id, record.source, record.label, record.class_id, list(record.labels)]).encode()
+        )
+    return {
+        "format": FORMAT_VERSION,
+        "dataset": images.name,
+        "split": images.split,
+        **asdict(preprocessing),
+        "resample": RESAMPLE.name.lower(),
+        "reducing_gap": REDUCING_GAP,
+        "images_per_shard": images_per_shard,
+        "seed": seed,
+        "pillow": PIL.__version__,
+        "libjpeg": features.version("jpg"),
+        "records_sha256": digest.hexdigest(),
+    }
+
+
+def _process_source(source: str, preprocessing: Preprocessing) -> tuple[bytes | None, str]:
+    """Worker: (JPEG bytes, '') for a usable image, (None, reason) otherwise."""
+    try:
+        data = read_bytes(source)
+    except OSError as error:
+        return None, f"unreadable: {type(error).__name__}: {error}"
+    try:
+        return preprocess(data, preprocessing), ""
+    except UnusableImage as error:
+        return None, error.reason
+
+
+def _sample_members(key: str, record: ImageRecord, jpeg: bytes) -> list[tuple[str, bytes]]:
+    meta = {
+        "image_id": record.image_id,
+        "label": record.label,
+        "class_id": record.class_id,
+        "source": record.source,
+        "labels": list(record.labels),
+    }
+    return [
+        (f"{key}.cls", str(record.label).encode("ascii")),
+        (f"{key}.jpg", jpeg),
+        (f"{key}.json", json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")),
+    ]
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    # Fixed metadata: nothing about when, where or by whom the shard was written reaches its bytes.
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _shard_keys(path: Path) -> set[str]:
+    """Keys of the samples in a finished shard (from the tar headers only)."""
+    with tarfile.open(path, "r") as tar:
+        return {name.split(".", 1)[0] for name in tar.getnames()}
+
+
+def _clear(out: Path, split: str, keep_shards: bool) -> None:
+    """Remove what a previous run left: temporaries always, finished outputs unless they can be resumed."""
+    stale = [*out.glob(f".{split}-*.tar.tmp-*"), out / "summary.json"]
+    if not keep_shards:
+        stale += [*out.glob(f"{split}-*.tar"), out / "manifest.parquet", out / "skipped.parquet", out / "classes.json"]
+    for path in stale:
+        path.unlink(missing_ok=True)
+
+
+def _map(workers: int, function, tasks: Iterable) -> tuple[Iterator, Pool | None]:
+    """Ordered map over ``tasks``: in this process for one worker, else in a process pool."""
+    if workers == 1:
+        return map(function, tasks), None
+    # forkserver: safe when the caller has threads (Dagster does); results still come back in task order.
+    pool = multiprocessing.get_context("forkserver").Pool(workers)
+    return pool.imap(function, tasks, chunksize=16), pool
+
+
+def write_shards(
+    images: ImageSet,
+    out_dir: str | os.PathLike,
+    *,
+    size: int = 256,
+    quality: int = 90,
+    images_per_shard: int = DEFAULT_IMAGES_PER_SHARD,
+    seed: int = 0,
+    workers: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Write ``images`` to WebDataset shards in ``out_dir`` (the format in this module's docstring).
+
+    Each image is resized (smaller side to ``size``), center-cropped to ``size`` x ``size`` and re-encoded as
+    JPEG of ``quality``; unusable images are listed in skipped.parquet. ``workers`` processes (default: all
+    cores) preprocess in parallel. A finished folder with the same config is returned as is; an interrupted
+    one is resumed (finished shards kept, the rest redone); one made with another config is redone.
+    Returns the summary (also written to summary.json). The pool uses the forkserver start method, so a
+    script that calls this with several workers needs the usual ``if __name__ == "__main__":`` guard.
+    """
+    if images_per_shard < 1:
+        raise ValueError(f"images_per_shard must be >= 1, got {images_per_shard}")
+    workers = workers or os.cpu_count() or 1
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    split = images.split
+    preprocessing = Preprocessing(size=size, quality=quality)
+    order = split_order(images, seed)
+    config = _fingerprint(images, order, preprocessing, images_per_shard, seed)
+
+    config_path = out / "config.json"
+    same_config = config_path.exists() and json.loads(config_path.read_text()) == config
+    if same_config and (out / "summary.json").exists():
+        logger.info("%s: complete, same config; nothing to do", out)
+        return load_summary(out)
+    _clear(out, split, keep_shards=same_config)
+    write_bytes_atomic(config_path, json.dumps(config, indent=2, sort_keys=True).encode())
+
+    shards = [order[start : start + images_per_shard] for start in range(0, len(order), images_per_shard)]
+    names = [shard_name(split, index) for index in range(len(shards))]
+    finished = [(out / name).exists() for name in names]
+    pending = [index for index, done in enumerate(finished) if not done]
+    if any(finished):
+        logger.info("%s: resuming, %d of %d shards already written", out, len(shards) - len(pending), len(shards))
+
+    reasons: dict[int, str] = {}  # position -> why the image was skipped
+    for index in (index for index, done in enumerate(finished) if done):
+        keys = _shard_keys(out / names[index])
+        start = index * images_per_shard
+        for position, record in enumerate(shards[index], start):
+            if f"{position:0{KEY_DIGITS}d}" not in keys:  # skipped in the interrupted run: recover its reason
+                reasons[position] = _process_source(record.source, preprocessing)[1]
+
+    total = sum(len(shards[index]) for index in pending)
+    tasks = (record.source for index in pending for record in shards[index])
+    results, pool = _map(workers, partial(_process_source, preprocessing=preprocessing), tasks)
+    started, done = time.perf_counter(), 0
+    try:
+        with tqdm(total=total, unit="img", desc=f"sharding {split}", disable=not progress) as bar:
+            for index in pending:
+                shard, start = shards[index], index * images_per_shard
+                with atomic_path(out / names[index]) as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+                    processed = zip(shard, islice(results, len(shard)), strict=True)
+                    for position, (record, (jpeg, reason)) in enumerate(processed, start):
+                        if jpeg is None:
+                            reasons[position] = reason
+                        else:
+                            for name, data in _sample_members(f"{position:0{KEY_DIGITS}d}", record, jpeg):
+                                _add_member(tar, name, data)
+                        bar.update()
+                done += len(shard)
+                rate = done / (time.perf_counter() - started)
+                logger.info(
+                    "%s written (%d/%d images, %.0f images/s, %d workers)", names[index], done, total, rate, workers
+                )
+    finally:
+        if pool is not None:
+            pool.terminate()
+
+    return _write_tables(out, images, order, names, images_per_shard, reasons, config)
+
+
+def _write_tables(
+    out: Path,
+    images: ImageSet,
+    order: list[ImageRecord],
+    names: list[str],
+    images_per_shard: int,
+    reasons: dict[int, str],
+    config: dict,
+) -> dict:
+    """Manifest, skip list, classes and, last, the summary that marks the folder complete."""
+    written = [(position, record) for position, record in enumerate(order) if position not in reasons]
+    manifest = pa.table(
+        {
+            "image_id": [record.image_id for _, record in written],
+            "source": [record.source for _, record in written],
+            "split": [images.split] * len(written),
+            "shard": [names[position // images_per_shard] for position, _ in written],
+            "key": [f"{position:0{KEY_DIGITS}d}" for position, _ in written],
+            "label": [record.label for _, record in written],
+            "class_id": [record.class_id for _, record in written],
+        },
+        schema=MANIFEST_SCHEMA,
+    )
+    skipped = pa.table(
+        {
+            "image_id": [order[position].image_id for position in sorted(reasons)],
+            "source": [order[position].source for position in sorted(reasons)],
+            "reason": [reasons[position] for position in sorted(reasons)],
+        },
+        schema=SKIPPED_SCHEMA,
+    )
+    for name, table in (("manifest.parquet", manifest), ("skipped.parquet", skipped)):
+        with atomic_path(out / name) as tmp:
+            pq.write_table(table, tmp)
+    classes = {"classes": images.classes, "class_names": images.class_names}
+    write_bytes_atomic(out / "classes.json", json.dumps(classes, indent=2, ensure_ascii=False).encode("utf-8"))
+
+    summary = {
+        "split": images.split,
+        "dataset": images.name,
+        "images_in": len(order),
+        "images_written": len(written),
+        "images_skipped": len(reasons),
+        "shards": names,
+        "shard_bytes": sum((out / name).stat().st_size for name in names),
+        "size": config["size"],
+        "quality": config["quality"],
+        "seed": config["seed"],
+        "images_per_shard": images_per_shard,
+        "classes": len(images.classes),
+    }
+    if summary["images_in"] != summary["images_written"] + summary["images_skipped"]:
+        raise RuntimeError(f"{out}: {summary['images_in']} images in != written + skipped ({summary})")
+    write_bytes_atomic(out / "summary.json", json.dumps(summary, indent=2).encode())
+    logger.info(
+        "%s: %d images written to %d shards, %d skipped",
+        out,
+        summary["images_written"],
+        len(names),
+        summary["images_skipped"],
+    )
+    return summary
+
+
+def load_summary(shard_dir: str | os.PathLike) -> dict:
+    """summary.json of a finished shard folder; raises :class:`IncompleteShards` when it is not finished."""
+    path = Path(shard_dir) / "summary.json"
+    if not path.exists():
+        raise IncompleteShards(
+            f"{path} not found: {shard_dir} is not a finished shard folder (write_shards writes it last)"
+        )
+    return json.loads(path.read_text())
+
+
+def shard_paths(shard_dir: str | os.PathLike) -> list[Path]:
+    """The shard files of a finished folder, in order (pass them, as strings, to ``webdataset.WebDataset``)."""
+    return [Path(shard_dir) / name for name in load_summary(shard_dir)["shards"]]
+
+
+def load_manifest(shard_dir: str | os.PathLike) -> pa.Table:
+    """One row per written image: image_id, source, split, shard, key, label (int32), class_id."""
+    load_summary(shard_dir)
+    return pq.read_table(Path(shard_dir) / "manifest.parquet")
+
+
+def load_skipped(shard_dir: str | os.PathLike) -> pa.Table:
+    """One row per unusable input image: image_id, source, reason."""
+    load_summary(shard_dir)
+    return pq.read_table(Path(shard_dir) / "skipped.parquet")
+
+
+def load_classes(shard_dir: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """(class ids in index order, their human-readable names)."""
+    classes = json.loads((Path(shard_dir) / "classes.json").read_text(encoding="utf-8"))
+    return classes["classes"], classes["class_names"]
+
+
+def iter_shard(path: str | os.PathLike) -> Iterator[Sample]:
+    """The samples of one shard, in order, without webdataset (for tools that want plain Python)."""
+    with tarfile.open(path, "r") as tar:
+        members: dict[str, bytes] = {}
+        key = None
+        for member in tar:
+            member_key, extension = member.name.split(".", 1)
+            if key is not None and member_key != key:
+                yield _sample(path, key, members)
+                members = {}
+            key = member_key
+            members[extension] = tar.extractfile(member).read()
+        if key is not None:
+            yield _sample(path, key, members)
+
+
+def _sample(path: str | os.PathLike, key: str, members: dict[str, bytes]) -> Sample:
+    if set(members) != {"cls", "jpg", "json"}:
+        raise ValueError(f"{path}: sample {key} has members {sorted(members)}, expected cls, jpg, json")
+    return Sample(key=key, jpeg=members["jpg"], label=int(members["cls"]), meta=json.loads(members["json"]))
