@@ -1,4 +1,6 @@
-"""ZFNet and its Table 1 variants."""
+"""ZFNet and its Table 1 variants, and checkpoint I/O."""
+
+from zf_pipeline.models.checkpoint import load_checkpoint, load_model, save_checkpoint
 
 from zf_pipeline.models.zfnet import (
     CONV_LAYERS,
@@ -24,6 +26,9 @@ __all__ = [
     "ZFNetConfig",
     "build",
     "init_weights",
+    "load_checkpoint",
+    "load_model",
     "receptive_field",
+    "save_checkpoint",
     "variant",
 ]

@@ -1,0 +1,116 @@
+"""Training speed of ZFNet: the synthetic ceiling against end-to-end from shards, in one process.
+
+    python benchmarks/bench_train.py --shards DIR --mean FILE [--archs ours krizhevsky] [--modes cache hybrid gpu cpu]
+
+For each architecture: the compiled bf16 channels_last network trained on random tensors already on the
+GPU (the ceiling: nothing but the model), then the same step fed from the shard folder by each loader
+mode (read + decode + random crop + flip + mean subtraction included). Prints a table; ``--json``
+writes the numbers. DESIGN.md's ceilings on one H100: 25,800 (krizhevsky), 19,500 (ours) img/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+
+import torch
+
+from zf_pipeline.data.loader import augment, load_mean, make_source, open_split
+from zf_pipeline.models import build, variant
+from zf_pipeline.train import kaiming_init, make_step
+
+DESIGN_CEILING = {"krizhevsky": 25_800, "ours": 19_500, "zf_published": 16_600}
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _rate(step_fn, steps: int, warmup: int, batch: int) -> float:
+    """Images per second of ``step_fn()`` over ``steps`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        step_fn()
+    _sync()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step_fn()
+    _sync()
+    return steps * batch / (time.perf_counter() - t)
+
+
+def bench(arch: str, args) -> list[dict]:
+    dev = torch.device(args.device)
+    net = build(variant(arch, num_classes=1000, width=args.width), seed=0)
+    kaiming_init(net)  # a trainable start keeps the loss finite through the timed steps
+    net = net.to(dev, memory_format=torch.channels_last)
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4, fused=dev.type == "cuda" or None)
+    step = make_step(torch.compile(net) if args.compile else net, opt, amp=dev.type == "cuda")
+    b = args.batch
+    x = torch.randn(b, 3, 224, 224, device=dev).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (b,), device=dev)
+    ceiling = _rate(lambda: step(x, y), args.steps, args.warmup, b)
+    rows = [{"arch": arch, "source": "synthetic (ceiling)", "img_per_s": ceiling, "of_ceiling": 1.0,
+             "of_design": ceiling / DESIGN_CEILING.get(arch, float("nan"))}]
+    print("row", json.dumps(rows[-1]), flush=True)
+    split = open_split(args.shards)
+    mean = load_mean(args.mean, split.size).to(dev)
+    gen = torch.Generator().manual_seed(0)
+    for mode in args.modes:
+        t0 = time.perf_counter()
+        kind, _, frac = mode.partition(":")  # 'hybrid:0.6' = 60% decoded by the CPU workers
+        src = make_source(split, b, shuffle=True, mode=kind, num_workers=args.workers, device=dev,
+                          cpu_fraction=float(frac or 0.5))
+        setup_s = time.perf_counter() - t0
+        state = {"it": iter(()), "epoch": 0}
+
+        def e2e() -> None:
+            try:
+                images, labels = next(state["it"])
+            except StopIteration:
+                state["epoch"] += 1
+                state["it"] = src.epoch(state["epoch"])
+                images, labels = next(state["it"])
+            inp = augment(images, mean, 224, gen).contiguous(memory_format=torch.channels_last)
+            step(inp, labels)
+
+        rate = _rate(e2e, args.steps, args.warmup, b)
+        rows.append({"arch": arch, "source": f"shards, {mode}", "img_per_s": rate, "of_ceiling": rate / ceiling,
+                     "of_design": rate / DESIGN_CEILING.get(arch, float("nan")), "setup_s": setup_s})
+        print("row", json.dumps(rows[-1]), flush=True)  # a partial table survives a timeout
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shards", required=True)
+    p.add_argument("--mean", required=True)
+    p.add_argument("--archs", nargs="+", default=["ours", "krizhevsky"])
+    p.add_argument("--modes", nargs="+", default=["cache", "hybrid", "gpu", "cpu"])
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--warmup", type=int, default=30)
+    p.add_argument("--workers", type=int, default=14)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--width", type=float, default=1.0, help="width multiplier (small values for a CPU dry run)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--json")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO)
+    torch.backends.cudnn.benchmark = True
+    rows = [r for arch in args.archs for r in bench(arch, args)]
+    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device
+    print(f"\n{name}, batch {args.batch}, {args.steps} timed steps")
+    print("| arch | source | img/s | of ceiling | of DESIGN.md ceiling |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['arch']} | {r['source']} | {r['img_per_s']:,.0f} | {r['of_ceiling']:.3f} | {r['of_design']:.3f} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,252 @@
+"""Loader (shards -> batches), augmentation, evaluation (10 crops, top-k, ensembles), training, resume, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from shard_writer import write_mean, write_split
+from torch import nn
+
+from zf_pipeline.data.loader import DecodedCache, ShardFormatError, ShardStream, augment, load_mean, open_split
+from zf_pipeline.evaluate import evaluate, evaluate_ensemble, eval_crops, topk_errors
+from zf_pipeline.models.checkpoint import load_checkpoint
+from zf_pipeline.tables import table1, table2
+from zf_pipeline.train import TrainConfig, make_step, parse_args, train
+
+SIZE, CROP = 72, 64  # the smallest input ZFNet's stride-4 conv1 and three poolings accept is 63 px
+CLASSES = ["red", "green", "blue"]
+
+
+def _images(n: int, seed: int) -> tuple[list[np.ndarray], list[int]]:
+    """Noisy images whose class is the dominant color channel: learnable in a few CPU steps."""
+    rng = np.random.default_rng(seed)
+    labels = [i % 3 for i in range(n)]
+    images = []
+    for label in labels:
+        a = rng.integers(0, 120, (SIZE, SIZE, 3))
+        a[..., label] += 120
+        images.append(a.astype(np.uint8))
+    return images, labels
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shards")
+    for split, n, seed in (("train", 48, 0), ("val", 18, 1)):
+        write_split(*_images(n, seed), root / split, split, CLASSES, size=SIZE, per_shard=8)
+    write_mean(root / "train", root / "pixel_mean.npy")
+    return root
+
+
+def _config(data, out, **kw) -> TrainConfig:
+    base = dict(shards=str(data / "train"), val_shards=str(data / "val"), mean=str(data / "pixel_mean.npy"),
+                out=str(out), arch="krizhevsky", width=0.125, epochs=3, batch_size=8, lr=0.01, init="kaiming",
+                crop=CROP, input_scale=1 / 64, workers=0, device="cpu", deterministic=True, log_every=0,
+                keep_epochs=(1, 2))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+# ---- loader
+
+
+def test_stream_reads_every_sample_once_and_reshuffles_each_epoch(data):
+    split = open_split(data / "train")
+    src = ShardStream(split, 8, shuffle=True, seed=0, decode="cpu")
+    e0 = [torch.cat([x.float().mean((1, 2, 3)) for x, _ in src.epoch(0)])]
+    e0_again = [torch.cat([x.float().mean((1, 2, 3)) for x, _ in src.epoch(0)])]
+    e1 = [torch.cat([x.float().mean((1, 2, 3)) for x, _ in src.epoch(1)])]
+    assert len(e0[0]) == 48 == len(src) * 8
+    assert torch.equal(e0[0], e0_again[0])  # deterministic given (seed, epoch)
+    assert not torch.equal(e0[0], e1[0])  # a new order every epoch
+    assert torch.equal(e0[0].sort().values, e1[0].sort().values)  # the same images
+
+
+@pytest.mark.parametrize("decode", ["cpu", "gpu", "hybrid"])  # 'gpu' decodes in the main process (here on the CPU)
+def test_cache_and_stream_hold_the_same_images(data, decode):
+    split = open_split(data / "val")
+    src = ShardStream(split, 5, shuffle=False, decode=decode, cpu_fraction=0.4, num_workers=1)
+    stream = torch.cat([x for x, _ in src.epoch(0)])
+    cache = DecodedCache(split, 5, shuffle=False)
+    assert stream.shape == (18, 3, SIZE, SIZE) and torch.equal(stream, cache.images)
+    assert cache.labels.tolist() == [i % 3 for i in range(18)]
+
+
+def test_ddp_ranks_read_disjoint_shards_and_take_equal_steps(data):
+    split = open_split(data / "train")  # 6 shards of 8
+    ranks = [ShardStream(split, 8, shuffle=True, rank=r, world_size=2) for r in (0, 1)]
+    assert set(ranks[0].shards).isdisjoint(ranks[1].shards)
+    assert [sum(1 for _ in r.epoch(0)) for r in ranks] == [3, 3]
+
+
+def test_incomplete_folder_and_bad_mean_fail_clearly(tmp_path, data):
+    with pytest.raises(ShardFormatError, match="summary.json"):
+        open_split(tmp_path)
+    np.save(tmp_path / "m.npy", np.zeros((10, 10, 3), np.float32))
+    with pytest.raises(ShardFormatError, match=r"m.npy.*\(72, 72, 3\)"):
+        load_mean(tmp_path / "m.npy", SIZE)
+
+
+def test_augment_takes_one_crop_of_image_minus_mean_maybe_flipped():
+    images = torch.randint(0, 255, (6, 3, 10, 10), dtype=torch.uint8)
+    mean = torch.rand(3, 10, 10) * 255
+    out = augment(images, mean, 7, torch.Generator().manual_seed(0))
+    full = images.float() - mean
+    flips = 0
+    for i in range(6):
+        views = [(full[i, :, y : y + 7, x : x + 7], f) for y in range(4) for x in range(4) for f in (0, 1)]
+        match = [f for v, f in views if torch.allclose(out[i], v.flip(-1) if f else v)]
+        assert len(match) >= 1
+        flips += match[0]
+    assert 0 < flips < 6  # both flipped and unflipped crops occur
+
+
+# ---- evaluation
+
+
+def test_topk_errors_on_known_logits():
+    logits = torch.tensor([[5.0, 4, 3, 2, 1, 0], [0, 1, 2, 3, 4, 5], [2, 1, 0, 0, 0, 0]])
+    errs = topk_errors(logits, torch.tensor([0, 0, 1]))  # right; last place; second place
+    assert errs["top1_err"] == pytest.approx(200 / 3) and errs["top5_err"] == pytest.approx(100 / 3)
+
+
+class _Probe(nn.Module):
+    """Logits read off the crop: class 0 when the top-left pixel is bright, 1 when the top-right is."""
+
+    def forward(self, x):
+        return torch.stack([x[:, 0, 0, 0], x[:, 0, 0, -1]], 1) * 10
+
+
+def test_ten_crop_averages_corners_center_and_flips():
+    # One bright pixel at the image's top-left corner: only the top-left crop and its flip see it,
+    # one at its own top-left (class 0 logit) and one at its top-right (class 1): 2 of the 10 crops.
+    images = torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
+    images[0, 0, 0, 0] = 1
+    mean = torch.zeros(3, 8, 8)
+    crops = eval_crops(images, mean, 6, "ten")
+    assert len(crops) == 10 and sum(int(c[0, 0, 0, 0] == 1) for c in crops) == 1
+    from zf_pipeline.evaluate import predict
+
+    probs, _ = predict(_Probe(), [(images, torch.tensor([0]))], mean, 6, "ten")
+    p0 = torch.tensor([10.0, 0]).softmax(0)
+    expected = (p0 + p0.flip(0) + 8 * torch.tensor([0.5, 0.5])) / 10
+    assert torch.allclose(probs[0], expected)
+    center, _ = predict(_Probe(), [(images, torch.tensor([0]))], mean, 6, "center")
+    assert torch.allclose(center[0], torch.tensor([0.5, 0.5]))
+
+
+def test_ensemble_averages_member_probabilities():
+    images = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
+    images[:2, 0, 0, 0] = 1
+    images[2:, 0, 0, -1] = 1
+    labels = torch.tensor([0, 0, 1, 1])
+    good, bad = _Probe(), nn.Sequential(_Probe(), nn.Flatten(), _Negate())
+    batches = lambda: [(images, labels)]  # noqa: E731
+    mean = torch.zeros(3, 8, 8)
+    assert evaluate(good, batches(), mean, 8, "center")["top1_err"] == 0
+    assert evaluate(bad, batches(), mean, 8, "center")["top1_err"] == 100
+    ens = evaluate_ensemble([good, good, bad], batches, mean, 8, "center")
+    assert ens["top1_err"] == 0 and ens["models"] == 3
+
+
+class _Negate(nn.Module):
+    def forward(self, x):
+        return -x
+
+
+# ---- training
+
+
+def test_a_few_sgd_steps_lower_the_loss_on_a_fixed_batch(data):
+    from zf_pipeline.models import build, variant
+    from zf_pipeline.train import kaiming_init
+
+    model = build(variant("krizhevsky", num_classes=3, width=0.125, input_size=CROP), seed=0)
+    kaiming_init(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    split = open_split(data / "train")
+    images, labels = next(iter(DecodedCache(split, 12, shuffle=False).epoch(0)))
+    x = augment(images, load_mean(data / "pixel_mean.npy"), CROP, torch.Generator().manual_seed(0), 1 / 64)
+    step = make_step(model, opt, amp=False)
+    losses = [step(x, labels)[0].item() for _ in range(10)]
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_training_writes_checkpoints_metrics_and_learns(data, tmp_path):
+    result = train(_config(data, tmp_path, epochs=3))
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"last.pt", "epoch_001.pt", "epoch_002.pt", "metrics.jsonl", "metrics.parquet", "result.json",
+            "learning_curve.png"} <= names and "epoch_003.pt" not in names
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    final = json.loads((tmp_path / "result.json").read_text())
+    assert final["val_10crop_top1_err"] < 40 and final["val_10crop_n"] == 18  # chance is 66.7%
+    assert final == result.final
+    state = load_checkpoint(tmp_path / "epoch_002.pt")
+    assert state["epoch"] == 2 and state["train_config"]["arch"] == "krizhevsky"
+
+
+def test_resumed_run_ends_bitwise_where_an_uninterrupted_run_ends(data, tmp_path):
+    fast = dict(epochs=2, width=0.0625, final_ten_crop=False, final_train_error=False)
+    whole = train(_config(data, tmp_path / "whole", **fast))
+    cut = _config(data, tmp_path / "cut", **fast)
+    first = train(TrainConfig(**{**cut.__dict__, "stop_after": 1}))  # as if killed after epoch 1
+    assert len(first.metrics) == 1 and first.final == {}
+    resumed = train(cut)
+    a, b = whole.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    same = ("epoch", "train_loss", "train_top1_err", "val_top1_err", "val_top5_err", "lr")
+    assert [[m[k] for k in same] for m in whole.metrics] == [[m[k] for k in same] for m in resumed.metrics]
+
+
+def _ddp_worker(rank: int, port: int, cfg: TrainConfig, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    result = train(cfg)
+    torch.save({k: v.clone() for k, v in result.model.state_dict().items()}, f"{out}/rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_with_two_gloo_processes_keeps_ranks_in_step(data, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = _config(data, tmp_path / "run", epochs=1, width=0.0625, final_train_error=False)
+    mp.spawn(_ddp_worker, args=(port, cfg, str(tmp_path)), nprocs=2, join=True)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert all(torch.equal(r0[k], r1[k]) for k in r0)  # gradients were all-reduced every step
+    final = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert final["val_10crop_n"] == 18  # both ranks' val shards counted once
+    rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 1 and json.loads(rows[0])["img_per_s"] > 0
+
+
+def test_cli_flags_map_to_config():
+    cfg = parse_args(["--shards", "a", "--val-shards", "b", "--mean", "m.npy", "--out", "o", "--arch", "krizhevsky",
+                      "--epochs", "5", "--lr", "0.02", "--compile", "--no-amp", "--keep-epochs", "1", "3"])
+    assert (cfg.arch, cfg.epochs, cfg.lr, cfg.compile, cfg.amp, cfg.keep_epochs) == ("krizhevsky", 5, 0.02, True,
+                                                                                        False, (1, 3))
+    assert cfg.batch_size == 128 and cfg.momentum == 0.9 and cfg.init == "normal"  # the paper's defaults
+
+
+# ---- tables
+
+
+def test_tables_put_the_papers_numbers_beside_ours(tmp_path):
+    rows = [{"arch": "ours", "train_top1_err": 30.0, "val_top1_err": 39.0, "val_top5_err": 17.0}]
+    t, md = table1(rows)
+    row = t.to_pylist()[0]
+    assert row["paper_val_top1_err"] == 38.3 and row["val_top1_err"] == 39.0
+    assert "38.3" in md and "39.0" in md and md.count("\n") >= 3
+    t2, md2 = table2({"val_top1_err": 20.0, "val_top5_err": 5.0}, {"val_top1_err": 18.0, "val_top5_err": 4.0, "models": 5})
+    assert len(t2) >= 4 and "36.6" in md2 and "18.0" in md2

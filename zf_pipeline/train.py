@@ -1,0 +1,370 @@
+"""Training of the Table 1 networks (Section 3.1), one GPU or DDP under torchrun, and its CLI.
+
+    python -m zf_pipeline.train --shards DIR --val-shards DIR --mean FILE --out DIR --arch ours --epochs 70
+    torchrun --nproc-per-node 8 -m zf_pipeline.train ...   # DDP: each rank reads its own shards
+
+The run folder gets ``last.pt`` every epoch (a killed run resumes from it), ``epoch_NNN.pt`` for the
+epochs that the feature-evolution figure (Fig. 3) shows, ``metrics.jsonl`` / ``metrics.parquet`` (one
+row per epoch), ``result.json`` (final center and 10-crop errors, train error) and ``learning_curve.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from zf_pipeline.data.loader import augment, epoch_seed, load_mean, make_source, open_split
+from zf_pipeline.evaluate import predict, topk_correct
+from zf_pipeline.io import atomic_path, write_bytes_atomic
+from zf_pipeline.models.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from zf_pipeline.models.zfnet import ZFNet, build, variant
+
+log = logging.getLogger(__name__)
+
+# Fig. 3 shows the strongest activations at these epochs: their checkpoints are kept.
+FIG3_EPOCHS = (1, 2, 5, 10, 20, 30, 40, 64)
+
+
+@dataclass
+class TrainConfig:
+    """One training run. Defaults are the paper's (Section 3.1) unless a comment says otherwise."""
+
+    shards: str  # training split folder (shard format contract)
+    val_shards: str  # validation split folder
+    mean: str  # pixel_mean.npy of the training split
+    out: str  # run folder
+    arch: str = "ours"  # a name of zf_pipeline.models.VARIANTS
+    width: float = 1.0  # width multiplier (the CPU demo uses ~0.25)
+    epochs: int = 70
+    batch_size: int = 128
+    lr: float = 1e-2
+    momentum: float = 0.9
+    # The paper does not state it; Krizhevsky et al. (whose code the paper builds on) used 5e-4.
+    weight_decay: float = 5e-4
+    # 'normal': N(0, init_std^2) weights, zero biases (the paper). Without normalization layers that
+    # start can idle for several epochs before the loss moves; 'kaiming' (He normal) learns at once
+    # and suits short runs.
+    init: str = "normal"
+    init_std: float = 1e-2
+    schedule: str = "plateau"  # 'plateau': lr x lr_factor when val top-1 stops improving; 'cosine': to 0 per step
+    lr_factor: float = 0.1
+    patience: int = 5  # epochs without a val top-1 improvement before the lr drops
+    crop: int = 224  # random crop side (the demo: 112 of 128)
+    input_scale: float = 1.0  # multiplies (pixel - mean); the paper feeds raw 0..255 differences
+    seed: int = 0
+    device: str = "auto"  # 'auto' = cuda if available
+    # 'cpu' (worker decode), 'gpu' (nvJPEG), 'hybrid' (both), 'cache' (decode once, keep on the device:
+    # the fastest where the split fits, see docs/results/training.md); 'auto' = gpu on CUDA, else cpu
+    loader: str = "auto"
+    cpu_fraction: float = 0.5  # 'hybrid': share of each batch decoded by the CPU workers
+    workers: int = 4
+    compile: bool = False  # torch.compile the network (GPU)
+    amp: bool = True  # bf16 autocast on the GPU
+    channels_last: bool = True
+    log_every: int = 100  # steps between progress lines
+    keep_epochs: tuple[int, ...] = FIG3_EPOCHS
+    final_ten_crop: bool = True  # evaluate the last epoch with 10 crops
+    final_train_error: bool = True  # Table 1's train error: center-crop top-1 on the training split
+    deterministic: bool = False  # bitwise-reproducible kernels (CPU tests of resume)
+    resume: bool = True  # continue from out/last.pt when it exists
+    stop_after: int | None = None  # end this invocation after that many epochs (time-sliced jobs)
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclass
+class RunResult:
+    """What a run produced: the folder, the per-epoch metrics, the final errors and the trained network."""
+
+    out: Path
+    metrics: list[dict]
+    final: dict
+    model: ZFNet = field(repr=False)
+    checkpoint: Path
+
+
+def kaiming_init(model: nn.Module) -> None:
+    """He-normal weights (fan-in, relu gain) and zero biases: trains from the first step without a warm-up."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int):
+    """SGD with momentum and weight decay (fused kernels on the GPU), and the lr schedule."""
+    cuda = next(model.parameters()).is_cuda
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                          fused=cuda or None)
+    if cfg.schedule == "plateau":
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.lr_factor, patience=cfg.patience)
+    elif cfg.schedule == "cosine":
+        total = max(1, cfg.epochs * steps_per_epoch)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    else:
+        raise ValueError(f"schedule must be 'plateau' or 'cosine', not {cfg.schedule!r}")
+    return opt, sched
+
+
+def make_step(model: nn.Module, opt: torch.optim.Optimizer, amp: bool) -> Callable:
+    """One SGD step ``step(x, y) -> (loss, logits)`` under bf16 autocast when ``amp``."""
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast(x.device.type, torch.bfloat16) if amp else nullcontext():
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach(), logits.detach()
+
+    return step
+
+
+def _dist_env() -> tuple[int, int, int]:
+    rank, world, local = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
+    return rank, world, local
+
+
+def _all_sum(values: list[float], device: torch.device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def _errors(net: nn.Module, source, mean, cfg: TrainConfig, mode: str, amp: bool) -> dict[str, float]:
+    """Top-1/5 error (%) over the whole split, summed across DDP ranks."""
+    probs, labels = predict(net, source.epoch(0), mean, cfg.crop, mode, cfg.input_scale, amp)
+    c = topk_correct(probs, labels)
+    c1, c5, n = _all_sum([c[1], c[5], len(labels)], mean.device)
+    return {"top1_err": 100 * (1 - c1 / n), "top5_err": 100 * (1 - c5 / n), "n": int(n)}
+
+
+def write_metrics(out: Path, metrics: list[dict]) -> None:
+    """metrics.jsonl and metrics.parquet, rewritten atomically after every epoch."""
+    write_bytes_atomic(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics).encode())
+    if metrics:
+        with atomic_path(out / "metrics.parquet") as tmp:
+            pq.write_table(pa.Table.from_pylist(metrics), tmp)
+
+
+def plot_learning_curve(metrics: list[dict], path: str | os.PathLike, title: str = "") -> Path:
+    """Train loss and train / val top-1 error per epoch, with lr drops marked; written atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [m["epoch"] for m in metrics]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    a.plot(ep, [m["train_loss"] for m in metrics], label="train loss")
+    a.set_xlabel("epoch")
+    a.set_ylabel("cross-entropy")
+    a.legend()
+    b.plot(ep, [m["train_top1_err"] for m in metrics], label="train top-1 (augmented)")
+    b.plot(ep, [m["val_top1_err"] for m in metrics], label="val top-1 (center crop)")
+    b.plot(ep, [m["val_top5_err"] for m in metrics], label="val top-5 (center crop)")
+    for prev, m in zip(metrics, metrics[1:]):
+        if m["lr"] < prev["lr"] * 0.5:
+            b.axvline(m["epoch"], color="grey", lw=0.5, ls="--")
+    b.set_xlabel("epoch")
+    b.set_ylabel("error %")
+    b.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def train(cfg: TrainConfig) -> RunResult:
+    """Train (or resume) one network as configured; returns when ``cfg.epochs`` (or ``stop_after``) are done."""
+    rank, world, local = _dist_env()
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo")
+    if cfg.device == "auto":
+        device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(cfg.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = not cfg.deterministic
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+    amp = cfg.amp and device.type == "cuda"
+    mode = cfg.loader if cfg.loader != "auto" else ("gpu" if device.type == "cuda" else "cpu")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    split, val_split = open_split(cfg.shards), open_split(cfg.val_shards)
+    if val_split.classes != split.classes:
+        raise ValueError(f"{cfg.val_shards}: classes.json differs from {cfg.shards}'s; both splits need one class list")
+    mean = load_mean(cfg.mean, split.size).to(device)
+    arch = variant(cfg.arch, num_classes=len(split.classes), width=cfg.width, input_size=cfg.crop)
+    net = build(arch, init_std=cfg.init_std, seed=cfg.seed)
+    if cfg.init == "kaiming":
+        kaiming_init(net)
+    elif cfg.init != "normal":
+        raise ValueError(f"init must be 'normal' or 'kaiming', not {cfg.init!r}")
+    net = net.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+
+    src = dict(mode=mode, seed=cfg.seed, num_workers=cfg.workers, rank=rank, world_size=world, device=device,
+               cpu_fraction=cfg.cpu_fraction)
+    train_src = make_source(split, cfg.batch_size, shuffle=True, **src)
+    val_src = make_source(val_split, 2 * cfg.batch_size, shuffle=False, **src)
+    opt, sched = make_optimizer(net, cfg, len(train_src))
+
+    metrics: list[dict] = []
+    start = 0
+    last = out / "last.pt"
+    if cfg.resume and last.is_file():
+        state = load_checkpoint(last, device)
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        set_rng_state({k: v.cpu() if k == "cpu" else v for k, v in state["rng"].items()})
+        start, metrics = state["epoch"], state["metrics"]
+        log.info("resumed %s at epoch %d", last, start)
+
+    model: nn.Module = net
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        model = torch.compile(model)
+    step = make_step(model, opt, amp)
+
+    end = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, start + cfg.stop_after)
+    t_run = time.perf_counter()
+    for epoch in range(start, end):
+        model.train()
+        gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch, rank))
+        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        wrong = torch.zeros((), device=device, dtype=torch.int64)
+        seen, t0, t_log = 0, time.perf_counter(), time.perf_counter()
+        for i, (images, labels) in enumerate(train_src.epoch(epoch)):
+            x = augment(images, mean, cfg.crop, gen, cfg.input_scale)
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            loss, logits = step(x, labels)
+            loss_sum += loss * len(labels)
+            wrong += (logits.argmax(1) != labels).sum()
+            seen += len(labels)
+            if rank == 0 and cfg.log_every and (i + 1) % cfg.log_every == 0:
+                now = time.perf_counter()
+                log.info("epoch %d step %d/%d loss %.4f lr %.2e %.0f img/s", epoch + 1, i + 1, len(train_src),
+                         loss.item(), opt.param_groups[0]["lr"], cfg.log_every * len(labels) * world / (now - t_log))
+                t_log = now
+            if cfg.schedule == "cosine":
+                sched.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        epoch_s = time.perf_counter() - t0
+        tot_loss, tot_wrong, tot_seen = _all_sum([loss_sum.item(), wrong.item(), seen], device)
+        val = _errors(net, val_src, mean, cfg, "center", amp)
+        lr = opt.param_groups[0]["lr"]
+        if cfg.schedule == "plateau":
+            sched.step(val["top1_err"])
+        metrics.append({
+            "epoch": epoch + 1,
+            "train_loss": tot_loss / tot_seen,
+            "train_top1_err": 100 * tot_wrong / tot_seen,
+            "val_top1_err": val["top1_err"],
+            "val_top5_err": val["top5_err"],
+            "lr": lr,
+            "img_per_s": tot_seen / epoch_s,
+            "epoch_s": epoch_s,
+            "wall_s": time.perf_counter() - t_run,
+        })
+        if rank == 0:
+            m = metrics[-1]
+            log.info("epoch %d/%d train loss %.4f err %.2f%% | val top-1 %.2f%% top-5 %.2f%% | lr %.1e | %.0f img/s",
+                     epoch + 1, cfg.epochs, m["train_loss"], m["train_top1_err"], m["val_top1_err"],
+                     m["val_top5_err"], lr, m["img_per_s"])
+            save_checkpoint(last, net, arch, epoch=epoch + 1, optimizer=opt, scheduler=sched,
+                            train_config=cfg.to_dict(), metrics=metrics)
+            if epoch + 1 in cfg.keep_epochs:
+                with atomic_path(out / f"epoch_{epoch + 1:03d}.pt") as tmp:
+                    shutil.copyfile(last, tmp)
+            write_metrics(out, metrics)
+
+    final: dict = {}
+    if end == cfg.epochs:
+        final = _final(net, val_src, train_split_src(split, cfg, src), mean, cfg, amp)
+        if rank == 0:
+            final.update(arch=cfg.arch, epochs=cfg.epochs, images_train=split.num_images, images_val=val_split.num_images)
+            write_bytes_atomic(out / "result.json", json.dumps(final, indent=1).encode())
+            if metrics:
+                plot_learning_curve(metrics, out / "learning_curve.png", f"{cfg.arch} on {Path(cfg.shards).resolve().parent.name}")
+    if world > 1:
+        dist.barrier()
+    return RunResult(out, metrics, final, net, last)
+
+
+def train_split_src(split, cfg: TrainConfig, src: dict):
+    """The training split without shuffling, for Table 1's train error; None when not asked for."""
+    if not cfg.final_train_error:
+        return None
+    return make_source(split, 2 * cfg.batch_size, shuffle=False, **src)
+
+
+def _final(net, val_src, train_src, mean, cfg: TrainConfig, amp: bool) -> dict:
+    """Final errors: val center crop, val 10 crops, and train (center crop, eval mode) as in Table 1."""
+    final = {f"val_center_{k}": v for k, v in _errors(net, val_src, mean, cfg, "center", amp).items()}
+    if cfg.final_ten_crop:
+        final.update({f"val_10crop_{k}": v for k, v in _errors(net, val_src, mean, cfg, "ten", amp).items()})
+    if train_src is not None:
+        final.update({f"train_center_{k}": v for k, v in _errors(net, train_src, mean, cfg, "center", amp).items()})
+    log.info("final: %s", final)
+    return final
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    """TrainConfig from command-line flags (one ``--flag-name`` per field)."""
+    p = argparse.ArgumentParser(prog="python -m zf_pipeline.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        required = f.default is dataclasses.MISSING
+        if f.type == "bool":
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        elif f.name == "keep_epochs":
+            p.add_argument(flag, type=int, nargs="*", default=f.default)
+        else:
+            kind = {"int": int, "float": float, "int | None": int}.get(f.type, str)
+            p.add_argument(flag, type=kind, required=required, default=None if required else f.default)
+    ns = vars(p.parse_args(argv))
+    ns["keep_epochs"] = tuple(ns["keep_epochs"])
+    return TrainConfig(**ns)
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    result = train(parse_args(argv))
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    print(json.dumps(result.final))
+
+
+if __name__ == "__main__":
+    main()
