@@ -1,0 +1,108 @@
+"""Benchmark: layer-wise extraction images/s against the compiled forward pass alone, same run, same inputs.
+
+Synthetic preprocessed batches are made once on the device and cycled, so both sides measure the
+device work and what extraction adds to it (maxima, pooling, streaming top-k, device-to-host
+copies, Parquet writer threads), not image decoding. Goal on one H100: extraction >= 0.7 x forward.
+
+    python benchmarks/bench_extract.py --device cuda                    # Krizhevsky's net, bf16, compiled
+    python benchmarks/bench_extract.py --device cpu --size 64 --width 0.125 --images 256 --batch 32 --no-compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from zf_pipeline.features import extract
+from zf_pipeline.models.zfnet import CONV_LAYERS, FEATURE_LAYERS, build, variant
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def forward_alone(model: torch.nn.Module, inputs: list[torch.Tensor], steps: int, device: torch.device, amp, compile: bool) -> float:
+    """Images/s of the (compiled) full forward pass over the cycled inputs."""
+    forward = torch.compile(model) if compile else model
+    with torch.inference_mode(), torch.autocast(device.type, amp or torch.float32, enabled=amp is not None):
+        for x in inputs[:2]:  # warm-up and compilation
+            forward(x)
+        synchronize(device)
+        t = time.perf_counter()
+        for i in range(steps):
+            forward(inputs[i % len(inputs)])
+        synchronize(device)
+    return steps * len(inputs[0]) / (time.perf_counter() - t)
+
+
+def extraction(model, inputs, steps: int, device, amp, compile: bool, out: Path, **layers) -> float:
+    """Images/s of zf_pipeline.features.extract over the same inputs (a short warm-up pass first)."""
+    labels = torch.zeros(len(inputs[0]), dtype=torch.long)
+
+    def batches(n: int, offset: int):
+        for i in range(n):
+            start = (offset + i) * len(labels)
+            yield inputs[i % len(inputs)], labels, [f"img{start + j:08d}" for j in range(len(labels))]
+
+    kwargs = dict(split="bench", device=device, autocast=amp, compile=compile, **layers)
+    extract(model, batches(2, 0), out / "warmup", **kwargs)
+    synchronize(device)
+    t = time.perf_counter()
+    summary = extract(model, batches(steps, 2), out / "timed", **kwargs)
+    seconds = time.perf_counter() - t
+    shutil.rmtree(out / "warmup")
+    shutil.rmtree(out / "timed")
+    return summary.images / seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--variant", default="krizhevsky")
+    ap.add_argument("--width", type=float, default=1.0)
+    ap.add_argument("--size", type=int, default=224, help="input side (224 for the paper's nets)")
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--images", type=int, default=51_200, help="images per timed pass")
+    ap.add_argument("--amp", choices=["bf16", "fp16", "none"], default="bf16")
+    ap.add_argument("--no-compile", action="store_true")
+    args = ap.parse_args()
+
+    device = torch.device(args.device)
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[args.amp]
+    compile = not args.no_compile
+    model = build(variant(args.variant, width=args.width, input_size=args.size), seed=0).eval().to(device)
+    model = model.to(memory_format=torch.channels_last)
+    g = torch.Generator(device="cpu").manual_seed(0)
+    inputs = [
+        torch.randn(args.batch, 3, args.size, args.size, generator=g).to(device).contiguous(memory_format=torch.channels_last)
+        for _ in range(4)
+    ]
+    steps = max(2, args.images // args.batch)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"{name}, {args.variant} width {args.width}, {args.size} px, batch {args.batch}, {steps * args.batch} images, amp {args.amp}, compile {compile}\n")
+
+    base = forward_alone(model, inputs, steps, device, amp, compile)
+    print("| pass | img/s | vs forward alone |\n| --- | --- | --- |")
+    print(f"| forward pass alone (to fc8){' compiled' if compile else ''} | {base:,.0f} | 1.00 |", flush=True)
+    out = Path(tempfile.mkdtemp(prefix="zf-bench-extract-"))
+    configs = {
+        "extract: activations + top-9 of conv1-5, no features": dict(layers=(), activation_layers=CONV_LAYERS),
+        "extract: activations conv1-5, features conv5/fc6/fc7": dict(layers=("conv5", "fc6", "fc7"), activation_layers=CONV_LAYERS),
+        "extract: defaults (all 7 layers, both tables)": dict(layers=FEATURE_LAYERS),
+    }
+    try:
+        for label, layers in configs.items():
+            rate = extraction(model, inputs, steps, device, amp, compile, out, **layers)
+            print(f"| {label} | {rate:,.0f} | {rate / base:.2f} |", flush=True)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

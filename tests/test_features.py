@@ -1,0 +1,226 @@
+"""Layer-wise extraction to Parquet: positions, batching, the streaming top-k, the vector column, atomicity, views."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from zf_pipeline import features
+from zf_pipeline.features import SUMMARY_FILE, ExtractionSummary, extract, id_words, words_to_ids
+from zf_pipeline.mining import mine_top9
+from zf_pipeline.models.zfnet import build, variant
+from zf_pipeline.query import connect, write_views
+
+SIZE = 64
+
+
+def small_model(**overrides):
+    return build(variant("krizhevsky", width=0.0625, num_classes=5, input_size=SIZE, **overrides), seed=0)
+
+
+def batches_of(images: torch.Tensor, ids: list[str], batch: int):
+    labels = torch.arange(len(ids)) % 5
+    return [(images[i : i + batch], labels[i : i + batch], ids[i : i + batch]) for i in range(0, len(ids), batch)]
+
+
+def random_images(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
+
+
+def read(root: Path, table: str) -> list[dict]:
+    """All rows of a table, partition by partition (vector lengths differ across layers), in a fixed order."""
+    rows = []
+    for part in sorted((root / table).glob("layer=*")):
+        layer = part.name.removeprefix("layer=")
+        rows += [dict(r, layer=layer) for r in ds.dataset(part, format="parquet").to_table().to_pylist()]
+    return sorted(rows, key=lambda r: (r["layer"], r["image_id"], r.get("channel", 0)))
+
+
+def test_argmax_positions_on_a_hand_built_conv1(tmp_path: Path) -> None:
+    """conv1 map 0 copies the red channel through its kernel's centre tap; map 1 is all negative."""
+    model = small_model()
+    conv1 = model.conv1
+    with torch.no_grad():
+        conv1.weight.zero_()
+        conv1.bias.zero_()
+        centre = conv1.kernel_size[0] // 2
+        conv1.weight[0, 0, centre, centre] = 1.0
+        conv1.weight[1] = -1.0
+    stride, pad = conv1.stride[0], conv1.padding[0]
+    spots = [(3, 7), (11, 2), (0, 13)]  # (y, x) in conv1's map
+    images = torch.zeros(len(spots), 3, SIZE, SIZE)
+    for i, (y, x) in enumerate(spots):
+        images[i, 0, y * stride - pad + centre, x * stride - pad + centre] = 2.5 + i
+        images[i, 0, 40, 1] = 0.5  # a weaker spot elsewhere
+    out = tmp_path / "x"
+    extract(model, batches_of(images, ["a", "b", "c"], 3), out, split="val", layers=("conv1",))
+    rows = {(r["image_id"], r["channel"]): r for r in read(out, "activations")}
+    for i, (image, (y, x)) in enumerate(zip("abc", spots)):
+        assert (rows[image, 0]["y"], rows[image, 0]["x"], rows[image, 0]["value"]) == (y, x, 2.5 + i)
+        assert (rows[image, 1]["y"], rows[image, 1]["x"], rows[image, 1]["value"]) == (0, 0, 0.0)  # all zero after relu
+
+
+def test_many_batches_match_one_batch(tmp_path: Path, monkeypatch) -> None:
+    model = small_model()
+    images, ids = random_images(23), [f"n{i % 4}/img_{i:03d}" for i in range(23)]
+    one = extract(model, batches_of(images, ids, 23), tmp_path / "one", split="train")
+    monkeypatch.setattr(features, "ROW_GROUPS_PER_FILE", 3)
+    many = extract(model, batches_of(images, ids, 5), tmp_path / "many", split="train", row_group_rows=30)
+    assert one.images == many.images == 23 and one.activation_rows == many.activation_rows
+    for table in ("activations", "features"):
+        a, b = read(tmp_path / "one", table), read(tmp_path / "many", table)
+        assert a == b
+    assert pq.read_table(tmp_path / "one" / "stream_top9.parquet").equals(pq.read_table(tmp_path / "many" / "stream_top9.parquet"))
+    # Small row groups really split the layers into several row groups and files.
+    parts = sorted((tmp_path / "many" / "activations" / "layer=conv1").glob("*.parquet"))
+    assert len(parts) > 1 and pq.ParquetFile(parts[0]).metadata.num_row_groups == 3
+
+
+def test_rows_cover_every_image_layer_and_channel(tmp_path: Path) -> None:
+    model = small_model()
+    summary = extract(model, batches_of(random_images(7), [f"i{i}" for i in range(7)], 4), tmp_path / "x", split="val")
+    assert summary == ExtractionSummary.load(tmp_path / "x")
+    con = connect(tmp_path / "x")
+    counts = dict(con.sql("SELECT layer, count(*) FROM activations GROUP BY layer").fetchall())
+    assert counts == {name: 7 * info.channels for name, info in summary.layers.items()}
+    fc = con.execute("SELECT max(y), max(x), count(DISTINCT channel) FROM activations WHERE layer = 'fc6'").fetchall()[0]
+    assert fc == (0, 0, summary.layers["fc6"].channels)  # an fc unit is a 1x1 map
+
+
+@pytest.mark.parametrize("batch", [4, 30])
+def test_streaming_top_k_equals_duckdb_top9_with_ties(tmp_path: Path, batch: int) -> None:
+    model = small_model()
+    base = random_images(10, seed=3)
+    images = torch.cat([base, base, base[:4]])  # duplicated pixels: every map ties across copies
+    ids = [f"copy{i // 10}-{i % 10}" for i in range(len(images))][::-1]  # ids against stream order
+    out = tmp_path / "x"
+    extract(model, batches_of(images, ids, batch), out, split="val")
+    mine_top9(out / "activations", out / "top9.parquet")
+    stream = pq.read_table(out / "stream_top9.parquet").to_pylist()
+    mined = pq.read_table(out / "top9.parquet").to_pylist()
+    key = lambda r: (r["layer"], r["channel"], r["rank"])  # noqa: E731
+    assert sorted(stream, key=key) == sorted(mined, key=key)
+    tied = [r for r in mined if r["rank"] == 2 and r["layer"] == "conv1"]
+    assert tied  # the copies do tie: rank 2 holds the same value as rank 1
+    first = {(r["layer"], r["channel"]): r["value"] for r in mined if r["rank"] == 1}
+    assert any(first[r["layer"], r["channel"]] == r["value"] for r in tied)
+
+
+def test_fewer_images_than_k(tmp_path: Path) -> None:
+    out = tmp_path / "x"
+    extract(small_model(), batches_of(random_images(4), list("dcba"), 3), out, split="val", layers=("conv5",))
+    stream = pq.read_table(out / "stream_top9.parquet")
+    assert set(stream.column("rank").to_pylist()) == {1, 2, 3, 4}
+    assert mine_top9(out / "activations", out / "top9.parquet") == stream.num_rows
+
+
+def test_vector_is_a_fixed_size_array_in_duckdb(tmp_path: Path) -> None:
+    model = small_model()
+    summary = extract(model, batches_of(random_images(6), [f"i{i}" for i in range(6)], 6), tmp_path / "x", split="test")
+    schema = pq.read_schema(next((tmp_path / "x" / "features" / "layer=conv5").glob("*.parquet")))
+    assert schema.field("vector").type == pa.list_(pa.float16(), summary.layers["conv5"].vector_length)
+    # conv5 is the pool5 output, i.e. exactly what fc6 reads.
+    images = random_images(6)
+    with torch.no_grad():
+        x = images
+        for name, module in model.named_children():
+            x = module(x)
+            if name == "pool5":
+                break
+    con = connect(tmp_path / "x")
+    for layer, info in summary.layers.items():
+        kind, length = con.execute(f"SELECT typeof(vector), array_length(vector) FROM features_{layer} LIMIT 1").fetchall()[0]
+        assert kind == f"FLOAT[{info.vector_length}]" and length == info.vector_length
+    got = np.array(con.sql("SELECT vector FROM features_conv5 ORDER BY image_id").fetchnumpy()["vector"].tolist())
+    np.testing.assert_allclose(got, x.flatten(1).numpy(), rtol=1e-3, atol=1e-6)
+    assert con.sql("SELECT DISTINCT split FROM features").fetchall() == [("test",)]
+
+
+def test_conv_features_are_pooled_to_the_documented_grid(tmp_path: Path) -> None:
+    summary = extract(small_model(), batches_of(random_images(2), ["a", "b"], 2), tmp_path / "x", split="val", layers=("conv1", "fc7"))
+    assert summary.layers["conv1"].vector_length == summary.layers["conv1"].channels * 6 * 6
+    assert summary.layers["fc7"].vector_length == summary.layers["fc7"].channels
+
+
+def test_features_only_pass(tmp_path: Path) -> None:
+    summary = extract(small_model(), batches_of(random_images(3), list("abc"), 2), tmp_path / "x", split="val", layers=("fc7",), activation_layers=())
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == [SUMMARY_FILE, "features"]
+    assert summary.activation_rows == 0 and summary.layers["fc7"].vector_length == summary.layers["fc7"].channels
+
+
+def test_nothing_is_visible_when_the_pass_fails(tmp_path: Path) -> None:
+    def failing():
+        yield from batches_of(random_images(8), [f"i{i}" for i in range(8)], 4)
+        raise OSError("shard 3 unreadable")
+
+    with pytest.raises(OSError, match="shard 3"):
+        extract(small_model(), failing(), tmp_path / "x", split="val", row_group_rows=10)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_batches_are_rejected(tmp_path: Path) -> None:
+    images = random_images(4)
+    with pytest.raises(ValueError, match="duplicate image_id"):
+        extract(small_model(), batches_of(images, ["a", "b", "a", "c"], 2), tmp_path / "x", split="val")
+    with pytest.raises(ValueError, match="labels"):
+        extract(small_model(), [(images, torch.zeros(3), list("abcd"))], tmp_path / "x", split="val")
+    loud = small_model()
+    with torch.no_grad():
+        loud.conv1.weight.fill_(1e4)  # maxima beyond float16's 65504
+    with pytest.raises(ValueError, match="non-finite"):
+        extract(loud, batches_of(images.abs(), list("abcd"), 2), tmp_path / "x", split="val", layers=("conv1",))
+    with pytest.raises(ValueError, match="no batches"):
+        extract(small_model(), [], tmp_path / "x", split="val")
+    with pytest.raises(KeyError, match="fc7"):
+        extract(small_model(removed=("fc7",)), batches_of(images, list("abcd"), 2), tmp_path / "x", split="val")
+    assert not (tmp_path / "x").exists()
+
+
+def test_ablation_variant_without_layers_3_4(tmp_path: Path) -> None:
+    model = small_model(removed=("conv3", "conv4"))
+    summary = extract(model, batches_of(random_images(3), list("abc"), 2), tmp_path / "x", split="val", layers=("conv2", "conv5", "fc6"))
+    assert sorted(p.name for p in (tmp_path / "x" / "activations").iterdir()) == ["layer=conv2", "layer=conv5", "layer=fc6"]
+    assert summary.layers["conv5"].channels == model.conv5.out_channels
+
+
+def test_id_words_order_like_duckdb() -> None:
+    ids = ["b", "a", "ab", "a0", "img_10", "img_9", "ü", "z" * 20, "", "A"]
+    words = id_words(ids, 3)
+    order = sorted(range(len(ids)), key=lambda i: tuple(words[i]))
+    duck = [r[0] for r in duckdb.sql("SELECT unnest($ids) AS i ORDER BY i", params={"ids": ids}).fetchall()]
+    assert [ids[i] for i in order] == duck
+    assert words_to_ids(words) == ids
+
+
+def test_query_views_and_views_sql(tmp_path: Path) -> None:
+    root = tmp_path / "x"
+    extract(small_model(), batches_of(random_images(5), list("abcde"), 5), root, split="val", layers=("conv1", "fc6"))
+    mine_top9(root / "activations", root / "top9.parquet")
+    con = connect(root)
+    assert con.execute("SELECT count(*) FROM top9 WHERE layer = 'conv1' AND rank = 1").fetchall()[0][0] == con.sql(
+        "SELECT count(DISTINCT channel) FROM activations WHERE layer = 'conv1'"
+    ).fetchall()[0][0]
+    best = con.sql(
+        "SELECT t.value = a.value FROM top9 t JOIN activations a USING (layer, channel, image_id) WHERE rank = 1 LIMIT 1"
+    ).fetchall()[0]
+    assert best == (True,)
+    views = write_views(root)
+    assert (root / SUMMARY_FILE).exists() and views.name == "views.sql"
+    # The CLI path: a fresh connection running views.sql from the data folder sees the same tables.
+    cwd = os.getcwd()
+    try:
+        os.chdir(root)
+        cli = duckdb.connect()
+        cli.execute(views.read_text())
+        assert cli.execute("SELECT count(*) FROM features_fc6").fetchall()[0] == (5,)
+        assert cli.execute("SELECT count(*) FROM activations").fetchall()[0] == con.execute("SELECT count(*) FROM activations").fetchall()[0]
+    finally:
+        os.chdir(cwd)

@@ -1,0 +1,530 @@
+"""Layer-wise features: one pass of a trained net over a split, written to Parquet.
+
+Two tables, both partitioned by layer in hive style (``<table>/layer=conv5/part-00000.parquet``):
+
+- ``activations``: one row per (image, layer, channel): the feature map's maximum ``value`` and
+  where it is (``y``, ``x``). Section 4 mines "the top 9 activations" of each map from these rows.
+- ``features``: one row per (image, layer) with a fixed-size ``vector`` for the transfer probes
+  (Section 5, Table 7): fc6 / fc7 whole; conv5 as the pool5 output (6x6 maps, 9216 values for
+  Krizhevsky's widths, the input of fc6 in Fig. 2); conv1-4 max-pooled to the same 6x6 grid, so
+  every conv layer is described at layer 5's spatial resolution and a probe sees where a feature
+  fired, not only whether it fired, at a size (3,456 to 13,824 values) a linear SVM handles.
+
+The pass also keeps a streaming top-k per map on the device (``torch.topk`` per batch merged with
+the running top-k), ordered like the SQL of :mod:`zf_pipeline.mining`: value descending, then
+image_id ascending (byte order, as DuckDB compares VARCHAR). It is saved as ``stream_top{k}.parquet``.
+
+Everything is written inside a temporary folder renamed onto ``out_dir`` at the end; the summary
+``_SUCCESS.json`` is the last file written, so a folder without it is never a finished pass.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+
+from zf_pipeline.io import atomic_path
+from zf_pipeline.models.zfnet import FEATURE_LAYERS, ZFNet
+
+log = logging.getLogger(__name__)
+
+SUMMARY_FILE = "_SUCCESS.json"
+CONV_FEATURE_GRID = 6  # conv1-4 are max-pooled to the 6x6 grid of pool5 (see the module docstring)
+
+# On-disk schema of one activations partition (``layer`` lives in the folder name).
+ACTIVATION_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.dictionary(pa.int32(), pa.string())),
+        ("label", pa.int32()),
+        ("channel", pa.int16()),
+        ("value", pa.float16()),  # the maxima are ranked, not summed: 11 significant bits are plenty
+        ("y", pa.int16()),
+        ("x", pa.int16()),
+    ]
+)
+# Rows stream in image order, channel-major inside an image: image_id and label become long runs
+# (RLE ~0 bits), channel a repeating 0..C-1 pattern that zstd folds; value, y and x carry the
+# information. BYTE_STREAM_SPLIT is not used: DuckDB cannot read it on float16 columns.
+ACTIVATION_WRITE_OPTIONS = dict(
+    compression="zstd",
+    compression_level=3,
+    use_dictionary=["image_id", "label", "channel", "y", "x"],
+    write_statistics=["label", "channel", "value"],
+)
+FEATURE_WRITE_OPTIONS = dict(compression="zstd", compression_level=3, use_dictionary=["image_id", "label", "split"])
+ACTIVATION_ROW_GROUP_ROWS = 1 << 20  # ~1M rows: enough row groups for DuckDB to scan in parallel
+FEATURE_ROW_GROUP_BYTES = 64 << 20
+ROW_GROUPS_PER_FILE = 64
+
+
+def feature_schema(length: int, dtype: pa.DataType = pa.float16()) -> pa.Schema:
+    """Schema of one features partition: ``vector`` is a fixed-size list of ``length`` values."""
+    return pa.schema(
+        [
+            ("image_id", pa.dictionary(pa.int32(), pa.string())),
+            ("label", pa.int32()),
+            ("split", pa.dictionary(pa.int8(), pa.string())),
+            ("vector", pa.list_(dtype, length)),
+        ]
+    )
+
+
+def activation_table(image_ids: Sequence[str], labels: np.ndarray, value: np.ndarray, y: np.ndarray, x: np.ndarray) -> pa.Table:
+    """Rows of ``activations`` for ``n`` images x ``C`` channels, from [n, C] arrays (image-major)."""
+    n, channels = value.shape
+    image = pa.DictionaryArray.from_arrays(
+        pa.array(np.repeat(np.arange(n, dtype=np.int32), channels)), pa.array(list(image_ids), pa.string())
+    )
+    return pa.Table.from_arrays(
+        [
+            image,
+            pa.array(np.repeat(labels.astype(np.int32), channels)),
+            pa.array(np.tile(np.arange(channels, dtype=np.int16), n)),
+            pa.array(value.astype(np.float16, copy=False).ravel()),
+            pa.array(y.astype(np.int16, copy=False).ravel()),
+            pa.array(x.astype(np.int16, copy=False).ravel()),
+        ],
+        schema=ACTIVATION_SCHEMA,
+    )
+
+
+class PartitionWriter:
+    """Appends [n, ...] batches to ``<root>/layer=<layer>/part-NNNNN.parquet`` in whole row groups.
+
+    ``make_table(ids, labels, *arrays)`` turns buffered batches into an Arrow table. Batches are
+    buffered until a row group is full, so row groups stay large however small the batches are.
+    """
+
+    def __init__(self, root: Path, layer: str, rows_per_image: int, row_group_rows: int, make_table, schema, options: dict):
+        self.dir = root / f"layer={layer}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.images_per_group = max(1, row_group_rows // rows_per_image)
+        self.make_table, self.schema, self.options = make_table, schema, options
+        self.pending: list[tuple] = []
+        self.pending_images = 0
+        self.writer: pq.ParquetWriter | None = None
+        self.files = 0
+        self.groups_in_file = 0
+        self.rows = 0
+
+    def append(self, ids: list[str], labels: np.ndarray, *arrays: np.ndarray) -> None:
+        self.pending.append((ids, labels, *arrays))
+        self.pending_images += len(ids)
+        while self.pending_images >= self.images_per_group:
+            self._flush(self.images_per_group)
+
+    def close(self) -> None:
+        if self.pending_images:
+            self._flush(self.pending_images)
+        if self.writer is not None:
+            self.writer.close()
+
+    def _flush(self, n: int) -> None:
+        ids = [i for batch in self.pending for i in batch[0]]
+        columns = [np.concatenate([batch[j] for batch in self.pending]) for j in range(1, len(self.pending[0]))]
+        table = self.make_table(ids[:n], *(c[:n] for c in columns))
+        rest = ids[n:]
+        self.pending = [(rest, *(c[n:] for c in columns))] if rest else []
+        self.pending_images = len(rest)
+        if self.writer is None or self.groups_in_file >= ROW_GROUPS_PER_FILE:
+            if self.writer is not None:
+                self.writer.close()
+            path = self.dir / f"part-{self.files:05d}.parquet"
+            self.writer = pq.ParquetWriter(path, self.schema, **self.options)
+            self.files += 1
+            self.groups_in_file = 0
+        self.writer.write_table(table, row_group_size=table.num_rows)
+        self.groups_in_file += 1
+        self.rows += table.num_rows
+
+
+class _WriterThread(threading.Thread):
+    """Runs one PartitionWriter off a bounded queue, so Parquet encoding never stalls the GPU loop."""
+
+    def __init__(self, writer: PartitionWriter, maxsize: int = 8):
+        super().__init__(daemon=True)
+        self.writer = writer
+        self.queue: queue.Queue = queue.Queue(maxsize)
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        while (item := self.queue.get()) is not None:
+            if self.error is None:
+                try:
+                    self.writer.append(*item)
+                except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
+                    self.error = e
+        if self.error is None:
+            try:
+                self.writer.close()
+            except BaseException as e:  # noqa: BLE001
+                self.error = e
+
+    def put(self, item) -> None:
+        if self.error is not None:
+            raise RuntimeError(f"writing {self.writer.dir} failed") from self.error
+        self.queue.put(item)
+
+
+@dataclass
+class LayerInfo:
+    """What one layer contributed to the tables."""
+
+    channels: int
+    height: int
+    width: int
+    vector_length: int = 0  # 0 when the layer has no features partition
+
+
+@dataclass
+class ExtractionSummary:
+    """The marker written last into an extraction folder (``_SUCCESS.json``)."""
+
+    split: str
+    images: int
+    k: int
+    layers: dict[str, LayerInfo] = field(default_factory=dict)
+    activation_layers: list[str] = field(default_factory=list)
+    feature_layers: list[str] = field(default_factory=list)
+    activation_rows: int = 0
+    activation_bytes: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @classmethod
+    def load(cls, root: str | Path) -> "ExtractionSummary":
+        path = Path(root) / SUMMARY_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no extraction summary; expected a folder written by zf_pipeline.features.extract")
+        d = json.loads(path.read_text())
+        d["layers"] = {name: LayerInfo(**info) for name, info in d["layers"].items()}
+        return cls(**d)
+
+
+def _orderable(value: torch.Tensor) -> torch.Tensor:
+    """float32 -> int64 whose integer order is the float order (sign-magnitude to two's complement)."""
+    bits = value.float().view(torch.int32)
+    return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).long()
+
+
+def id_words(image_ids: Sequence[str], words: int) -> np.ndarray:
+    """image_ids as [N, words] int64: 7 UTF-8 bytes per word, NUL-padded, so that comparing the words
+    lexicographically compares the ids as DuckDB does (byte order; a prefix sorts first)."""
+    raw = np.array([s.encode() for s in image_ids], dtype=f"S{7 * words}")
+    b = raw.view(np.uint8).reshape(len(image_ids), words, 7).astype(np.int64)
+    return (b << (8 * np.arange(6, -1, -1, dtype=np.int64))).sum(axis=2)
+
+
+def words_to_ids(words: np.ndarray) -> list[str]:
+    """Inverse of :func:`id_words` for a [N, words] array."""
+    b = (words[..., None] >> (8 * np.arange(6, -1, -1, dtype=np.int64))) & 0xFF
+    raw = b.astype(np.uint8).reshape(len(words), -1)
+    return [bytes(r).rstrip(b"\0").decode() for r in raw]
+
+
+def _lexsort_rows(keys: list[tuple[torch.Tensor, bool]]) -> torch.Tensor:
+    """Per-row permutation sorting [R, M] keys lexicographically; keys most significant first, (key, descending)."""
+    perm = torch.arange(keys[0][0].shape[1], device=keys[0][0].device).expand_as(keys[0][0])
+    for key, descending in reversed(keys):
+        _, order = torch.sort(key.gather(1, perm), dim=1, stable=True, descending=descending)
+        perm = perm.gather(1, order)
+    return perm
+
+
+class StreamingTopK:
+    """The top-k images of every map, kept on the device across batches.
+
+    Order: value descending, then image_id ascending. Within a batch, ``torch.topk`` runs on one
+    int64 key (orderable value bits, then the image's rank by id within the batch); the batch's k
+    best are then merged with the running k by a stable lexicographic sort on (value, id words).
+    The top-k of a union is the top-k of the parts' top-k, so the result is exact.
+    """
+
+    def __init__(self, maps: int, k: int, device: torch.device):
+        self.k, self.device, self.words = k, device, 1
+        self.value = torch.full((maps, k), -math.inf, device=device)
+        self.ids = torch.zeros((maps, k, 1), dtype=torch.long, device=device)
+        self.pos = torch.zeros((maps, k), dtype=torch.long, device=device)
+        self.label = torch.full((maps, k), -1, dtype=torch.long, device=device)
+
+    def update(self, value: torch.Tensor, pos: torch.Tensor, labels: torch.Tensor, image_ids: Sequence[str]) -> None:
+        """Merge one batch: value and pos [N, maps], labels [N] on the device."""
+        n = len(image_ids)
+        words = max(self.words, -(-max(len(s.encode()) for s in image_ids) // 7))
+        if words > self.words:  # longer ids than seen so far: NUL-pad the running words
+            self.ids = F.pad(self.ids, (0, words - self.words))
+            self.words = words
+        rank = np.empty(n, dtype=np.int64)
+        rank[np.argsort(np.array(image_ids, dtype=object), kind="stable")] = np.arange(n)
+        rank_t = torch.from_numpy(rank).to(self.device, non_blocking=True)
+        ids_t = torch.from_numpy(id_words(image_ids, words)).to(self.device, non_blocking=True)
+        v = value.float()
+        key = (_orderable(v) << 32) + (0xFFFFFFFF - rank_t)[:, None]
+        top = torch.topk(key, min(self.k, n), dim=0).indices.T  # [maps, k']
+        cand_value = torch.cat([self.value, v.T.gather(1, top)], dim=1)
+        cand_ids = torch.cat([self.ids, ids_t[top]], dim=1)
+        cand_pos = torch.cat([self.pos, pos.T.long().gather(1, top)], dim=1)
+        cand_label = torch.cat([self.label, labels.long()[top]], dim=1)
+        keys = [(cand_value, True)] + [(cand_ids[..., w], False) for w in range(words)]
+        best = _lexsort_rows(keys)[:, : self.k]
+        self.value = cand_value.gather(1, best)
+        self.ids = cand_ids.gather(1, best[..., None].expand(-1, -1, words))
+        self.pos = cand_pos.gather(1, best)
+        self.label = cand_label.gather(1, best)
+
+    def table(self, layers: dict[str, LayerInfo], layer_names: Sequence[str]) -> pa.Table:
+        """The result as rows (layer, channel, rank, image_id, label, value, y, x), like ``mine_top9``."""
+        value = self.value.cpu().numpy()
+        valid = np.isfinite(value)  # fewer than k images: the -inf padding is dropped
+        maps, k = value.shape
+        names, channels, widths = [], [], []
+        for name in layer_names:
+            info = layers[name]
+            names += [name] * info.channels
+            channels.append(np.arange(info.channels))
+            widths.append(np.full(info.channels, info.width))
+        width = np.repeat(np.concatenate(widths), k).reshape(maps, k)
+        pos = self.pos.cpu().numpy()
+        ids = words_to_ids(self.ids.cpu().numpy().reshape(maps * k, -1))
+        flat = valid.ravel()
+        return pa.table(
+            {
+                "layer": pa.array(np.repeat(np.array(names, dtype=object), k)[flat], pa.string()),
+                "channel": pa.array(np.repeat(np.concatenate(channels), k)[flat].astype(np.int16)),
+                "rank": pa.array(np.tile(np.arange(1, k + 1, dtype=np.int8), maps)[flat]),
+                "image_id": pa.array([i for i, ok in zip(ids, flat) if ok], pa.string()),
+                "label": pa.array(self.label.cpu().numpy().ravel()[flat].astype(np.int32)),
+                "value": pa.array(value.ravel()[flat].astype(np.float32)),
+                "y": pa.array((pos // width).ravel()[flat].astype(np.int16)),
+                "x": pa.array((pos % width).ravel()[flat].astype(np.int16)),
+            }
+        )
+
+
+def layer_outputs(
+    model: ZFNet, images: torch.Tensor, activation_layers: Sequence[str], feature_layers: Sequence[str], grid: int = CONV_FEATURE_GRID
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """The device side of one batch: per-map maxima and their flat positions, and feature vectors.
+
+    Returns ``value`` [N, maps] (float16, maps of ``activation_layers`` concatenated in order),
+    ``pos`` [N, maps] (int32, y * width + x of the first maximum) and ``{layer: vector [N, length]}``.
+    """
+    acts = model.forward_layers(images, list(dict.fromkeys([*activation_layers, *feature_layers])))
+    values, positions = [], []
+    for name in activation_layers:
+        a = acts[name]
+        flat = a.flatten(2) if a.dim() == 4 else a.unsqueeze(2)  # an fc unit is a 1x1 map
+        v, p = flat.max(dim=2)  # ties: the first position, like numpy argmax
+        values.append(v)
+        positions.append(p)
+    vectors = {}
+    for name in feature_layers:
+        a = acts[name]
+        if a.dim() == 4:
+            a = model.pool5(a) if name == "conv5" else F.adaptive_max_pool2d(a, grid)
+        vectors[name] = a.flatten(1).to(torch.float16)
+    value = torch.cat(values, dim=1).to(torch.float16) if values else images.new_zeros((len(images), 0), dtype=torch.float16)
+    pos = torch.cat(positions, dim=1).int() if positions else images.new_zeros((len(images), 0), dtype=torch.int32)
+    return value, pos, vectors
+
+
+def _layer_shapes(model: ZFNet, sample: torch.Tensor, act_layers: Sequence[str], feature_layers: Sequence[str]) -> dict[str, LayerInfo]:
+    """Map sizes and vector lengths, from one image (widths vary across the Table 1 variants)."""
+    names = list(dict.fromkeys([*act_layers, *feature_layers]))
+    with torch.inference_mode():
+        acts = model.forward_layers(sample[:1], names)
+        _, _, vectors = layer_outputs(model, sample[:1], [], feature_layers)
+    shapes = {}
+    for name in names:
+        s = acts[name].shape
+        shapes[name] = LayerInfo(
+            channels=s[1],
+            height=s[2] if len(s) == 4 else 1,
+            width=s[3] if len(s) == 4 else 1,
+            vector_length=vectors[name].shape[1] if name in vectors else 0,
+        )
+    return shapes
+
+
+def extract(
+    model: ZFNet,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor, list[str]]],
+    out_dir: str | Path,
+    *,
+    split: str,
+    layers: Sequence[str] = FEATURE_LAYERS,
+    activation_layers: Sequence[str] | None = None,
+    device: str | torch.device = "cpu",
+    k: int = 9,
+    autocast: torch.dtype | None = None,
+    compile: bool = False,
+    row_group_rows: int = ACTIVATION_ROW_GROUP_ROWS,
+) -> ExtractionSummary:
+    """One pass of ``model`` over ``batches``, writing ``out_dir/{activations,features}`` and the streaming top-k.
+
+    ``batches`` yields (images [N,3,S,S] float, preprocessed; labels [N] int; image_ids list[str]).
+    ``layers`` get a ``features`` partition; ``activation_layers`` (default: the same layers) get
+    ``activations`` rows and the streaming top-``k``. Layers absent from the model raise KeyError.
+    ``autocast`` (e.g. torch.bfloat16) runs the net in reduced precision; ``compile`` uses torch.compile.
+    Nothing appears at ``out_dir`` unless the whole pass succeeds. Returns the summary also
+    written as ``_SUCCESS.json``.
+    """
+    device = torch.device(device)
+    act_layers = list(layers if activation_layers is None else activation_layers)
+    summary = ExtractionSummary(split=split, images=0, k=k, activation_layers=act_layers, feature_layers=list(layers))
+    missing = [name for name in dict.fromkeys([*layers, *act_layers]) if name not in model.layers]
+    if missing:
+        raise KeyError(f"layers {missing} are not in this network (it has {list(model.layers)})")
+    model = model.eval().to(device)
+    step = torch.compile(layer_outputs, dynamic=False) if compile else layer_outputs
+    started = last_log = time.monotonic()
+    seen: set[str] = set()
+    with atomic_path(out_dir) as tmp:
+        writers: _Writers | None = None
+        topk: StreamingTopK | None = None
+        pending = None  # the previous batch's host copies, handed to the writers while the device runs this one
+        try:
+            for images, labels, image_ids in batches:
+                image_ids = list(image_ids)
+                _check_batch(images, labels, image_ids, seen, split)
+                images = images.to(device, non_blocking=True)
+                if writers is None:
+                    summary.layers = _layer_shapes(model, images, act_layers, layers)
+                    writers = _Writers(Path(tmp), summary, row_group_rows)
+                    maps = sum(summary.layers[n].channels for n in act_layers)
+                    topk = StreamingTopK(maps, k, device) if maps else None
+                    finite = torch.ones((), dtype=torch.bool, device=device)
+                with torch.inference_mode():
+                    with torch.autocast(device.type, autocast or torch.float32, enabled=autocast is not None):
+                        value, pos, vectors = step(model, images, act_layers, layers)
+                    # Checked once at the end: a check per batch would make the host wait for the device.
+                    finite = finite & torch.isfinite(value).all()
+                    if topk is not None:
+                        topk.update(value, pos, labels.to(device, non_blocking=True), image_ids)
+                    host = [t.to("cpu", non_blocking=True) for t in (value, pos, *vectors.values())]
+                event = torch.cuda.Event() if device.type == "cuda" else None
+                if event is not None:
+                    event.record()
+                if pending is not None:
+                    writers.dispatch(*pending)
+                pending = (event, image_ids, labels.cpu().numpy(), host)
+                summary.images += len(image_ids)
+                if time.monotonic() - last_log >= 10:
+                    last_log = time.monotonic()
+                    log.info("extraction of %r: %d images, %.0f img/s", split, summary.images, summary.images / (last_log - started))
+            if pending is not None:
+                writers.dispatch(*pending)
+        finally:
+            if writers is not None:
+                writers.close()
+        if writers is None:
+            raise ValueError(f"no batches: nothing to extract for split {split!r}")
+        if not finite:
+            raise ValueError(f"split {split!r}: non-finite map maxima (float16 overflows above 65504); nothing was written")
+        for name in act_layers:
+            files = (Path(tmp) / "activations" / f"layer={name}").glob("*.parquet")
+            summary.activation_bytes[name] = sum(f.stat().st_size for f in files)
+        summary.activation_rows = writers.activation_rows
+        if topk is not None:
+            pq.write_table(topk.table(summary.layers, act_layers), Path(tmp) / f"stream_top{k}.parquet")
+        summary.seconds = time.monotonic() - started
+        (Path(tmp) / SUMMARY_FILE).write_text(json.dumps(asdict(summary), indent=1))
+    log.info("extracted %d images of split %r in %.1f s -> %s", summary.images, split, summary.seconds, out_dir)
+    return summary
+
+
+def _check_batch(images: torch.Tensor, labels: torch.Tensor, image_ids: list[str], seen: set[str], split: str) -> None:
+    """Reject malformed batches and repeated image_ids (the tables are keyed by image_id)."""
+    if images.dim() != 4 or len(labels) != len(images) or len(image_ids) != len(images):
+        raise ValueError(
+            f"split {split!r}: expected a batch of images [N,3,S,S], labels [N], N image_ids; got images "
+            f"{tuple(images.shape)}, {len(labels)} labels, {len(image_ids)} ids (after {len(seen)} images)"
+        )
+    before = len(seen)
+    seen.update(image_ids)
+    if len(seen) != before + len(image_ids):
+        raise ValueError(f"split {split!r}: duplicate image_id in the batch starting at {image_ids[0]!r}")
+
+
+class _Writers:
+    """The writer threads of one pass: one per activations partition, one per features partition."""
+
+    def __init__(self, root: Path, summary: ExtractionSummary, row_group_rows: int):
+        self.activations: list[tuple[_WriterThread, slice]] = []
+        column = 0
+        for name in summary.activation_layers:
+            info = summary.layers[name]
+            writer = PartitionWriter(
+                root / "activations", name, info.channels, row_group_rows, _activation_rows(info.width), ACTIVATION_SCHEMA, ACTIVATION_WRITE_OPTIONS
+            )
+            self.activations.append((_WriterThread(writer), slice(column, column + info.channels)))
+            column += info.channels
+        self.features: list[_WriterThread] = []
+        for name in summary.feature_layers:
+            length = summary.layers[name].vector_length
+            schema = feature_schema(length)
+            rows = max(1, FEATURE_ROW_GROUP_BYTES // (2 * length))
+            writer = PartitionWriter(root / "features", name, 1, rows, _feature_rows(summary.split, schema), schema, FEATURE_WRITE_OPTIONS)
+            self.features.append(_WriterThread(writer))
+        self.threads = [t for t, _ in self.activations] + self.features
+        for t in self.threads:
+            t.start()
+
+    def dispatch(self, event, image_ids: list[str], labels: np.ndarray, host: list[torch.Tensor]) -> None:
+        """Hand one batch's host copies to the writers once its device-to-host copies are done."""
+        if event is not None:
+            event.synchronize()
+        value, pos, *vectors = (t.numpy() for t in host)
+        for t, columns in self.activations:
+            t.put((image_ids, labels, value[:, columns], pos[:, columns]))
+        for t, vector in zip(self.features, vectors):
+            t.put((image_ids, labels, vector))
+
+    def close(self) -> None:
+        """Drain the queues, close the files; raise the first writer error."""
+        for t in self.threads:
+            t.queue.put(None)
+        for t in self.threads:
+            t.join()
+        errors = [t.error for t in self.threads if t.error is not None]
+        if errors:
+            raise RuntimeError(f"writing the extraction failed: {errors[0]}") from errors[0]
+
+    @property
+    def activation_rows(self) -> int:
+        return sum(t.writer.rows for t, _ in self.activations)
+
+
+def _activation_rows(width: int):
+    def make(ids: list[str], labels: np.ndarray, value: np.ndarray, pos: np.ndarray) -> pa.Table:
+        return activation_table(ids, labels, value, pos // width, pos % width)
+
+    return make
+
+
+def _feature_rows(split: str, schema: pa.Schema):
+    def make(ids: list[str], labels: np.ndarray, vector: np.ndarray) -> pa.Table:
+        n, length = vector.shape
+        return pa.Table.from_arrays(
+            [
+                pa.DictionaryArray.from_arrays(pa.array(np.arange(n, dtype=np.int32)), pa.array(ids, pa.string())),
+                pa.array(labels.astype(np.int32)),
+                pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int8)), pa.array([split])),
+                pa.FixedSizeListArray.from_arrays(pa.array(vector.ravel()), length),
+            ],
+            schema=schema,
+        )
+
+    return make
