@@ -386,3 +386,19 @@ __all__ = [
     "top9_tiles",
     "unit_patch",
 ]
+
+
+# ---------------------------------------------------------------- dataset samples
+
+
+def render_samples(images: Sequence[Image.Image], captions: Sequence[str], path: str | Path, tile: int = 96, columns: int = 8) -> Path:
+    """A grid of images with a caption under each (e.g. the first samples of a shard)."""
+    rows = max(1, math.ceil(len(images) / columns))
+    cell_h = tile + 14
+    sheet = Image.new("RGB", (columns * (tile + GAP) + GAP, rows * (cell_h + GAP) + GAP), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (im, caption) in enumerate(zip(images, captions)):
+        x, y = GAP + (i % columns) * (tile + GAP), GAP + (i // columns) * (cell_h + GAP)
+        sheet.paste(im.convert("RGB").resize((tile, tile), Image.LANCZOS), (x, y))
+        draw.text((x + 2, y + tile + 1), caption[: tile // 6], fill="black")
+    return _save(sheet, path)

@@ -280,7 +280,10 @@ class DecodedCache:
             order = torch.randperm(n, generator=g)
         else:
             order = torch.arange(n)
-        order = order[self.rank :: self.world_size][: n // self.world_size].to(self.device)
+        order = order[self.rank :: self.world_size][: n // self.world_size]
+        if self.device.type == "cuda":  # pinned + async: a pageable copy would drain the GPU every epoch
+            order = order.pin_memory()
+        order = order.to(self.device, non_blocking=True)
         for i in range(len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             yield self.images[idx], self.labels[idx]
@@ -325,6 +328,36 @@ def make_source(
                        rank=rank, world_size=world_size, device=device, cpu_fraction=cpu_fraction)
 
 
+def crop_draws(n: int, size: int, crop: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Section 3.1's random draws for ``n`` images: int64 3 x n (row offset, column offset, flip 0/1) on ``device``.
+
+    Drawn from ``generator`` (a CPU generator, so the draws are identical on every device).
+    """
+    draws = torch.stack([torch.randint(0, size - crop + 1, (n,), generator=generator),
+                         torch.randint(0, size - crop + 1, (n,), generator=generator),
+                         (torch.rand(n, generator=generator) < 0.5).long()])
+    if device.type == "cuda":  # a pageable copy would block the host until the GPU drains: pin it, copy async
+        draws = draws.pin_memory()
+    return draws.to(device, non_blocking=True)
+
+
+def crop_flip(images: torch.Tensor, mean: torch.Tensor, draws: torch.Tensor, crop: int, scale: float = 1.0) -> torch.Tensor:
+    """(image - mean) * scale cut at ``draws``' offsets and flipped where drawn; float N x 3 x crop x crop.
+
+    Pure tensor code with no host sync, so it can be compiled into the training step (one fused gather).
+    The result is channels_last in memory.
+    """
+    n = images.shape[0]
+    oy, ox, flip = draws
+    ar = torch.arange(crop, device=images.device)
+    rows = (oy[:, None] + ar)[:, :, None]  # n x crop x 1
+    cols = ox[:, None] + torch.where(flip[:, None].bool(), crop - 1 - ar, ar)  # a flip reads columns backwards
+    cols = cols[:, None, :]  # n x 1 x crop
+    x = images.permute(0, 2, 3, 1)[torch.arange(n, device=images.device)[:, None, None], rows, cols]
+    m = mean.permute(1, 2, 0)[rows, cols]
+    return ((x.float() - m) * scale).permute(0, 3, 1, 2)
+
+
 def augment(images: torch.Tensor, mean: torch.Tensor, crop: int, generator: torch.Generator,
             scale: float = 1.0) -> torch.Tensor:
     """Section 3.1's training input: mean subtracted, a random crop x crop window, flipped with p=1/2.
@@ -334,17 +367,64 @@ def augment(images: torch.Tensor, mean: torch.Tensor, crop: int, generator: torc
     draws are identical on every device).
     """
     n, _, s, _ = images.shape
-    draws = torch.stack([torch.randint(0, s - crop + 1, (n,), generator=generator),
-                         torch.randint(0, s - crop + 1, (n,), generator=generator),
-                         (torch.rand(n, generator=generator) < 0.5).long()])
-    if images.is_cuda:  # a pageable copy would block the host until the GPU drains: pin it, copy async
-        draws = draws.pin_memory()
-    oy, ox, flip = draws.to(images.device, non_blocking=True)
-    flip = flip.bool()
-    ar = torch.arange(crop, device=images.device)
-    rows = (oy[:, None] + ar)[:, :, None]  # n x crop x 1
-    cols = ox[:, None] + torch.where(flip[:, None], crop - 1 - ar, ar)  # a flip reads columns backwards
-    cols = cols[:, None, :]  # n x 1 x crop
-    x = images.permute(0, 2, 3, 1)[torch.arange(n, device=images.device)[:, None, None], rows, cols]
-    m = mean.permute(1, 2, 0)[rows, cols]
-    return ((x.float() - m) * scale).permute(0, 3, 1, 2)
+    return crop_flip(images, mean, crop_draws(n, s, crop, generator, images.device), crop, scale)
+
+
+def labelled_batches(
+    split: Split,
+    batch_size: int,
+    device: str | torch.device = "cpu",
+    threads: int = 4,
+    prefetch: int = 2,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+    """Every image of a split in its stored order as ``(uint8 N x 3 x S x S, labels, image_ids)`` on ``device``.
+
+    For passes that need to know which image is which (feature extraction, visualization): image ids
+    come from the manifest. JPEGs decode on a thread pool (CPU) or with batched nvJPEG (CUDA) in a
+    background thread, ``prefetch`` batches ahead of the consumer.
+    """
+    import pyarrow.parquet as pq
+
+    device = torch.device(device)
+    manifest = pq.read_table(split.root / "manifest.parquet", columns=["shard", "key", "image_id"]).to_pydict()
+    ids = dict(zip(zip(manifest["shard"], manifest["key"]), manifest["image_id"]))
+
+    def chunks() -> Iterator[list[tuple[str, bytes, int]]]:
+        chunk: list[tuple[str, bytes, int]] = []
+        for shard in split.shards:
+            for key, data, label in read_shard(shard):
+                chunk.append((ids[(shard.name, key)], data, label))
+                if len(chunk) == batch_size:
+                    yield chunk
+                    chunk = []
+        if chunk:
+            yield chunk
+
+    def decode(chunk: list[tuple[str, bytes, int]], pool: ThreadPoolExecutor):
+        raw = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for _, d, _ in chunk]
+        if device.type == "cuda":
+            images = torch.stack(decode_jpeg(raw, mode=ImageReadMode.RGB, device=device))
+        else:
+            images = torch.stack(list(pool.map(lambda r: decode_jpeg(r, mode=ImageReadMode.RGB), raw)))
+        labels = torch.tensor([label for _, _, label in chunk], dtype=torch.int64, device=device)
+        return images, labels, [image_id for image_id, _, _ in chunk]
+
+    with ThreadPoolExecutor(threads) as pool, ThreadPoolExecutor(1) as ahead:
+        queue: list = []
+        for chunk in chunks():
+            queue.append(ahead.submit(decode, chunk, pool))
+            if len(queue) > prefetch:
+                yield queue.pop(0).result()
+        for future in queue:
+            yield future.result()
+
+
+def network_inputs(
+    split: Split, mean: torch.Tensor, crop: int, batch_size: int = 128, device: str | torch.device = "cpu", scale: float = 1.0
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+    """The network's test input for every image of a split, in order: the mean-subtracted center crop
+    (section 3.1), as ``(float N x 3 x crop x crop, labels, image_ids)``. ``mean`` is 3 x S x S on ``device``."""
+    from zf_pipeline.evaluate import eval_crops
+
+    for images, labels, ids in labelled_batches(split, batch_size, device):
+        yield eval_crops(images, mean, crop, "center", scale)[0], labels, ids

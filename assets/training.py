@@ -1,0 +1,202 @@
+"""Training assets (paper section 3, Tables 1 and 2).
+
+The network is trained in-process by default; ``launcher: pipes`` runs the same entry point
+(``python -m assets.pipes_train``, a thin Pipes wrapper around ``python -m zf_pipeline.train``) as a
+subprocess through Dagster Pipes, so a cluster deployment swaps ``PipesSubprocessClient`` for the
+Kubernetes (or another) Pipes client without touching the training code (see README, "Scaling out").
+"""
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import dagster as dg
+import torch
+
+from assets.cache import cached_stage, code_version
+from assets.metadata import image_md, record_md
+from assets.resources import ZFSettings
+from zf_pipeline import evaluate, tables, train
+from zf_pipeline.data import loader
+from zf_pipeline.io import write_table
+from zf_pipeline.models import checkpoint, zfnet
+
+TRAIN_CODE = code_version(train, loader, zfnet, checkpoint, evaluate)
+# The demo trains on 96 px crops of its 128 px shards: a quarter-width net learns the shapes in under a minute on 2 cores.
+DEMO_CROP, PAPER_CROP = 96, 224
+
+
+class TrainingConfig(dg.Config):
+    """Section 3.1's recipe; 0 / "" mean the default (the paper's, or the demo's on the demo data)."""
+
+    arch: str = "ours"
+    width: float = 0.0  # 1.0; the demo trains a quarter-width net
+    epochs: int = 0  # 70; the demo: 5
+    batch_size: int = 0  # 128; the demo: 32 (more steps in its few epochs)
+    lr: float = 1e-2
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    init: str = ""  # 'normal' (N(0, 1e-2), the paper); the demo: 'kaiming' (starts learning at once)
+    input_scale: float = 0.0  # multiplies (pixel - mean): 1 (raw differences, the paper) with 'normal', 1/64 with 'kaiming'
+    patience: int = 5
+    seed: int = 0
+    loader: str = "auto"
+    workers: int = 0  # loader worker processes; 0: 8 on a GPU, none on the CPU (they would compete with training)
+    compile: bool = False
+    launcher: str = "inprocess"  # or 'pipes': a subprocess through Dagster Pipes
+
+
+def train_config(settings: ZFSettings, config: TrainingConfig, train_dir: str, val_dir: str, mean: str, **over) -> train.TrainConfig:
+    """The library's TrainConfig for this asset config (output folder filled in by the cache)."""
+    demo = settings.demo
+    init = config.init or ("kaiming" if demo else "normal")
+    return train.TrainConfig(
+        shards=train_dir,
+        val_shards=val_dir,
+        mean=mean,
+        out="",
+        arch=over.get("arch", config.arch),
+        width=config.width or (0.25 if demo else 1.0),
+        epochs=config.epochs or (5 if demo else 70),
+        batch_size=config.batch_size or (32 if demo else 128),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        init=init,
+        input_scale=config.input_scale or (1 / 64 if init == "kaiming" else 1.0),
+        patience=config.patience,
+        crop=DEMO_CROP if demo else PAPER_CROP,
+        seed=over.get("seed", config.seed),
+        device=settings.torch_device(),
+        loader=config.loader,
+        workers=config.workers or (8 if settings.torch_device().startswith("cuda") else 0),
+        compile=config.compile,
+    )
+
+
+def run_training(
+    context: dg.AssetExecutionContext,
+    settings: ZFSettings,
+    cfg: train.TrainConfig,
+    upstream: list[str],
+    launcher: str = "inprocess",
+    pipes: dg.PipesSubprocessClient | None = None,
+) -> dict:
+    """Train (or find in the cache, or resume) one network; returns the run's record."""
+    key_cfg = {k: v for k, v in cfg.to_dict().items() if k not in ("shards", "val_shards", "mean", "out", "device", "workers")}
+
+    def build(out: Path) -> dict:
+        run = dataclasses.replace(cfg, out=str(out))
+        if launcher == "pipes":
+            flags = [f"--{k.replace('_', '-')}={v}" for k, v in run.to_dict().items() if v is not None and not isinstance(v, (bool, list))]
+            flags += [f"--{'' if v else 'no-'}{k.replace('_', '-')}" for k, v in run.to_dict().items() if isinstance(v, bool)]
+            pipes.run(command=[sys.executable, "-m", "assets.pipes_train", *flags], context=context)
+        else:
+            train.train(run)
+        result = json.loads((out / "result.json").read_text())
+        return {"arch": cfg.arch, "final": result, "checkpoint": str(out / "last.pt"), "config": run.to_dict()}
+
+    return cached_stage(settings.out, "train", [TRAIN_CODE, key_cfg, *upstream], build, context.log.info)
+
+
+def _training_metadata(record: dict) -> dict:
+    final = record["final"]
+    out = Path(record["path"])
+    meta = {**record_md(record), **{k: round(v, 2) for k, v in final.items() if isinstance(v, float)}}
+    if (out / "learning_curve.png").exists():
+        meta["learning_curve"] = image_md(out / "learning_curve.png", title="learning curve")
+    return meta
+
+
+@dg.asset(group_name="training", kinds={"pytorch"}, pool="gpu", code_version=TRAIN_CODE)
+def zfnet_model(
+    context: dg.AssetExecutionContext,
+    config: TrainingConfig,
+    settings: ZFSettings,
+    imagenet_train_shards: dict,
+    imagenet_val_shards: dict,
+    pixel_mean_image: dict,
+) -> dict:
+    """The paper's model (Fig. 2 / Table 1 "Our model") trained as in section 3.1, with per-epoch
+    checkpoints (those of Fig. 3's epochs kept), metrics and the learning curve."""
+    cfg = train_config(settings, config, imagenet_train_shards["path"], imagenet_val_shards["path"], pixel_mean_image["file"])
+    upstream = [imagenet_train_shards["fingerprint"], imagenet_val_shards["fingerprint"], pixel_mean_image["fingerprint"]]
+    record = run_training(context, settings, cfg, upstream, config.launcher, dg.PipesSubprocessClient())
+    context.add_output_metadata(_training_metadata(record))
+    return record
+
+
+class Table1Config(TrainingConfig):
+    archs: list[str] = list(tables.TABLE1_LABELS)
+
+
+@dg.asset(group_name="training", kinds={"pytorch", "parquet"}, pool="gpu", code_version=TRAIN_CODE)
+def table1(
+    context: dg.AssetExecutionContext,
+    config: Table1Config,
+    settings: ZFSettings,
+    imagenet_train_shards: dict,
+    imagenet_val_shards: dict,
+    pixel_mean_image: dict,
+) -> dict:
+    """Table 1: each architecture variant trained with the same recipe; train top-1, val top-1 / top-5
+    error (10 crops) beside the paper's. Runs identical to zfnet_model's are shared through the cache."""
+    upstream = [imagenet_train_shards["fingerprint"], imagenet_val_shards["fingerprint"], pixel_mean_image["fingerprint"]]
+    runs = []
+    for arch in config.archs:
+        cfg = train_config(settings, config, imagenet_train_shards["path"], imagenet_val_shards["path"], pixel_mean_image["file"], arch=arch)
+        runs.append(run_training(context, settings, cfg, upstream, config.launcher, dg.PipesSubprocessClient())["path"])
+    table, md = tables.table1_from_runs(runs)
+    return _write_table(context, settings, "table1", table, md, {"runs": runs})
+
+
+class Table2Config(TrainingConfig):
+    models: int = 5
+
+
+@dg.asset(group_name="training", kinds={"pytorch", "parquet"}, pool="gpu", code_version=TRAIN_CODE)
+def table2(
+    context: dg.AssetExecutionContext,
+    config: Table2Config,
+    settings: ZFSettings,
+    zfnet_model: dict,
+    imagenet_train_shards: dict,
+    imagenet_val_shards: dict,
+    pixel_mean_image: dict,
+) -> dict:
+    """Table 2: the single model, and an ensemble of ``models`` networks (seeds 0..N-1, probabilities
+    averaged over 10 crops and over networks), beside the paper's numbers."""
+    upstream = [imagenet_train_shards["fingerprint"], imagenet_val_shards["fingerprint"], pixel_mean_image["fingerprint"]]
+    records = [zfnet_model] + [
+        run_training(
+            context, settings,
+            train_config(settings, config, imagenet_train_shards["path"], imagenet_val_shards["path"], pixel_mean_image["file"], seed=config.seed + i),
+            upstream, config.launcher, dg.PipesSubprocessClient(),
+        )
+        for i in range(1, config.models)
+    ]
+    device = torch.device(settings.torch_device())
+    split = loader.open_split(imagenet_val_shards["path"])
+    mean = loader.load_mean(pixel_mean_image["file"], split.size).to(device)
+    crop, scale = records[0]["config"]["crop"], records[0]["config"]["input_scale"]
+    models = [checkpoint.load_model(r["checkpoint"], device) for r in records]
+
+    def batches():
+        return loader.make_source(split, 256, shuffle=False, mode="cpu", device=device).epoch(0)
+
+    ensemble = evaluate.evaluate_ensemble(models, batches, mean, crop, mode="ten", scale=scale, amp=device.type == "cuda")
+    single = records[0]["final"]
+    table, md = tables.table2(
+        {"val_top1_err": single["val_10crop_top1_err"], "val_top5_err": single["val_10crop_top5_err"]},
+        {"val_top1_err": ensemble["top1_err"], "val_top5_err": ensemble["top5_err"], "models": config.models},
+    )
+    return _write_table(context, settings, "table2", table, md, {"runs": [r["path"] for r in records]})
+
+
+def _write_table(context: dg.AssetExecutionContext, settings: ZFSettings, name: str, table, md: str, extra: dict) -> dict:
+    """Store a results table as Parquet + CSV under outputs/<name>/ and show it as markdown."""
+    out = settings.out / name
+    paths = write_table(table, out / name)
+    context.add_output_metadata({"table": dg.MetadataValue.md(md), "parquet": dg.MetadataValue.path(str(paths[0]))})
+    return {"path": str(out), "files": [str(p) for p in paths], **extra}

@@ -1,0 +1,262 @@
+"""Visualization assets (paper section 4): Fig. 8 (top-9 projections), Fig. 3 (feature evolution),
+Fig. 5 (occlusion), Fig. 4 (invariance) and Table 3 (correspondence). Each figure is a PNG shown in
+the UI, with the numbers behind it as Parquet, reproducible from its config (cached by content).
+"""
+
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+
+from assets.cache import cached_stage, code_version
+from assets.metadata import image_md, record_md
+from assets.resources import ZFSettings
+from zf_pipeline import deconv, render
+from zf_pipeline.analysis import correspondence, evolution, invariance, occlusion
+from zf_pipeline.data import loader, preprocess, shards
+from zf_pipeline.io import write_table
+from zf_pipeline.models import CONV_LAYERS, checkpoint, receptive_field
+
+VIS_CODE = code_version(deconv, render, evolution, occlusion, invariance, correspondence)
+UPSTREAM = {"model": dg.AssetIn("zfnet_model"), "val": dg.AssetIn("imagenet_val_shards"), "mean": dg.AssetIn("pixel_mean_image")}
+
+
+class ValImages:
+    """The validation images as the trained network sees them (center crop, mean subtracted, scaled)."""
+
+    def __init__(self, settings: ZFSettings, model: dict, val: dict, mean: dict):
+        self.device = settings.torch_device()
+        self.net = checkpoint.load_model(model["checkpoint"], self.device).eval()
+        self.crop, self.scale = model["config"]["crop"], model["config"]["input_scale"]
+        self.split = loader.open_split(val["path"])
+        self.classes = shards.load_classes(val["path"])[1]
+        full = loader.load_mean(mean["file"], self.split.size)
+        self.mean_full = full.to(self.device)
+        offset = (self.split.size - self.crop) // 2
+        # Added back (at the input's scale) to show images in their colours.
+        self.display_mean = full[:, offset : offset + self.crop, offset : offset + self.crop] * self.scale
+
+    def batches(self, batch_size: int = 128, limit: int | None = None):
+        """(inputs on the device, labels, image_ids), in the split's order, at most ``limit`` images."""
+        seen = 0
+        for x, y, ids in loader.network_inputs(self.split, self.mean_full, self.crop, batch_size, self.device, self.scale):
+            if limit is not None and seen >= limit:
+                return
+            keep = len(ids) if limit is None else min(len(ids), limit - seen)
+            seen += keep
+            yield x[:keep], y[:keep], ids[:keep]
+
+    def lookup(self, image_ids: set[str] | None = None, limit: int | None = None) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+        """image_id -> input tensor (CPU) and image_id -> label, for ``image_ids`` (or the first ``limit``)."""
+        images, labels = {}, {}
+        for x, y, ids in self.batches(limit=limit):
+            for xi, yi, i in zip(x.cpu(), y.tolist(), ids):
+                if image_ids is None or i in image_ids:
+                    images[i], labels[i] = xi, yi
+        return images, labels
+
+    def rgb(self, x: torch.Tensor) -> torch.Tensor:
+        return render.image_to_rgb(x.cpu().float(), self.display_mean)
+
+
+def _vis_stage(context, settings: ZFSettings, stage: str, config: dg.Config, upstream: list[dict], build) -> dict:
+    key = [VIS_CODE, config.model_dump(), *[u["fingerprint"] for u in upstream]]
+    return cached_stage(settings.out, stage, key, build, context.log.info)
+
+
+class Fig8Config(dg.Config):
+    layers: list[str] = list(CONV_LAYERS)
+    maps: int = 16  # feature maps per layer: a fixed random sample (0: all)
+    seed: int = 0
+    norm: str = deconv.DEFAULT_NORM  # how contrast normalization is inverted: 'identity' or 'gradient'
+
+
+@dg.asset(group_name="visualization", kinds={"pytorch", "png"}, code_version=VIS_CODE, ins=UPSTREAM)
+def fig8(context: dg.AssetExecutionContext, config: Fig8Config, settings: ZFSettings, top9: dict, model: dict, val: dict, mean: dict) -> dict:
+    """Fig. 8: for layers 1-5, the top-9 activations of sampled feature maps over the validation set, each
+    projected to pixels with the deconvnet (section 2.1), beside the image patches that caused them;
+    layer 1 also shows its filters."""
+
+    def build(out: Path) -> dict:
+        vis = ValImages(settings, model, val, mean)
+        rows = pq.read_table(top9["file"]).to_pylist()
+        images, _ = vis.lookup({r["image_id"] for r in rows})
+        paths = render.render_fig8(vis.net, rows, images, out, [l for l in config.layers if l in vis.net.layers],
+                                   config.maps or None, config.seed, config.norm, vis.display_mean)
+        return {"pngs": {k: str(v) for k, v in paths.items()}}
+
+    record = _vis_stage(context, settings, "fig8", config, [top9, model], build)
+    context.add_output_metadata({
+        **record_md(record),
+        **{f"fig8_{layer}": image_md(path, title=f"Fig. 8, {layer}") for layer, path in record["pngs"].items() if layer != "composed"},
+    })
+    return record
+
+
+class Fig3Config(dg.Config):
+    layers: list[str] = list(CONV_LAYERS)
+    maps: int = 6  # feature maps per layer
+    images: int = 2000  # validation images searched for each map's strongest activation
+    seed: int = 0
+
+
+@dg.asset(group_name="visualization", kinds={"pytorch", "png"}, code_version=VIS_CODE, ins=UPSTREAM)
+def fig3(context: dg.AssetExecutionContext, config: Fig3Config, settings: ZFSettings, model: dict, val: dict, mean: dict) -> dict:
+    """Fig. 3: the strongest activation of sampled feature maps, projected, at each kept training
+    checkpoint (epochs 1, 2, 5, 10, 20, 30, 40, 64 where reached), one column per epoch."""
+
+    def build(out: Path) -> dict:
+        vis = ValImages(settings, model, val, mean)
+        inputs = [x for x, _, _ in vis.batches(limit=config.images)]
+        run = Path(model["path"])
+        kept = sorted(run.glob("epoch_*.pt")) or [run / "last.pt"]
+
+        def checkpoints():
+            for path in kept:
+                state = checkpoint.load_checkpoint(path, vis.device)
+                yield state["epoch"], checkpoint.load_model(path, vis.device).eval()
+
+        pngs = {}
+        for layer in (l for l in config.layers if l in vis.net.layers):
+            channels = render.choose_maps(vis.net.get_submodule(layer).out_channels, config.maps, config.seed)
+            evo = evolution.feature_evolution(checkpoints(), lambda: iter(inputs), layer, channels)
+            pngs[layer] = str(render.render_evolution(evo.projections, evo.ys, evo.xs, receptive_field(vis.net, layer),
+                                                      evo.epochs, out / f"fig3_{layer}.png"))
+        return {"pngs": pngs, "epochs": [int(p.stem.split("_")[-1]) for p in kept if p.stem.startswith("epoch_")]}
+
+    record = _vis_stage(context, settings, "fig3", config, [model, val], build)
+    context.add_output_metadata({**record_md(record), "epochs": dg.MetadataValue.json(record["epochs"]),
+                                 **{f"fig3_{k}": image_md(v, title=f"Fig. 3, {k}") for k, v in record["pngs"].items()}})
+    return record
+
+
+class Fig5Config(dg.Config):
+    images: int = 4  # validation images (the first of the split's order, one per class where possible)
+    size: int = 0  # occluder side in pixels (0: a fifth of the input, 48 at 224 as in the paper's figures)
+    stride: int = 0  # occluder step (0: a sixth of the size)
+
+
+@dg.asset(group_name="visualization", kinds={"pytorch", "png", "parquet"}, code_version=VIS_CODE, ins=UPSTREAM)
+def fig5(context: dg.AssetExecutionContext, config: Fig5Config, settings: ZFSettings, model: dict, val: dict, mean: dict) -> dict:
+    """Fig. 5: a grey square swept over the image; per position, the total activity of the strongest
+    layer-5 map of the unoccluded image, the correct-class probability and the most probable label."""
+
+    def build(out: Path) -> dict:
+        vis = ValImages(settings, model, val, mean)
+        picked = _one_per_class(vis, config.images)
+        size = config.size or max(8, round(vis.crop * 48 / 224))
+        stride = config.stride or max(1, size // 6)
+        rows, pngs = [], []
+        for n, (image_id, (x, label)) in enumerate(picked.items()):
+            result = occlusion.occlusion_sensitivity(vis.net, x, label, size=size, stride=stride)
+            rows += [{"image_id": image_id, **r} for r in result.rows()]
+            pngs.append(str(render.render_occlusion(vis.rgb(x), result, out / f"fig5_{n}.png", vis.classes,
+                                                    receptive_field(vis.net, "conv5"))))
+        write_table(pa.Table.from_pylist(rows), out / "fig5")
+        return {"pngs": pngs, "images": list(picked), "size": size, "stride": stride}
+
+    record = _vis_stage(context, settings, "fig5", config, [model, val], build)
+    context.add_output_metadata({**record_md(record), **{f"fig5_{i}": image_md(p, 1200) for i, p in enumerate(record["pngs"])}})
+    return record
+
+
+def _one_per_class(vis: ValImages, count: int) -> dict[str, tuple[torch.Tensor, int]]:
+    """The first validation image of each class, until ``count`` images."""
+    picked: dict[str, tuple[torch.Tensor, int]] = {}
+    classes: set[int] = set()
+    for x, y, ids in vis.batches():
+        for xi, yi, i in zip(x.cpu(), y.tolist(), ids):
+            if yi not in classes:
+                classes.add(yi)
+                picked[i] = (xi, yi)
+                if len(picked) == count:
+                    return picked
+    return picked
+
+
+class Fig4Config(dg.Config):
+    images: int = 5
+    transforms: list[str] = list(invariance.TRANSFORMS)
+
+
+@dg.asset(group_name="visualization", kinds={"pytorch", "png", "parquet"}, code_version=VIS_CODE, ins=UPSTREAM)
+def fig4(context: dg.AssetExecutionContext, config: Fig4Config, settings: ZFSettings, model: dict, val: dict, mean: dict) -> dict:
+    """Fig. 4: vertical translation, scale and rotation of sample images; Euclidean distance between the
+    transformed and original feature vectors at layers 1 and 7, and the true-class probability."""
+
+    def build(out: Path) -> dict:
+        vis = ValImages(settings, model, val, mean)
+        picked = _one_per_class(vis, config.images)
+        images = torch.stack([x for x, _ in picked.values()])
+        labels = [y for _, y in picked.values()]
+        # The paper's translations are in pixels of a 224 input: scale them to this input.
+        amounts = {k: v for k, v in invariance.PAPER_AMOUNTS.items()}
+        amounts["translation"] = tuple(round(t * vis.crop / 224) for t in amounts["translation"])
+        results = [invariance.invariance_sweep(vis.net, images, labels, kind, amounts[kind], image_ids=list(picked))
+                   for kind in config.transforms]
+        write_table(pa.Table.from_pylist([r for res in results for r in res.rows()]), out / "fig4")
+        return {"png": str(render.render_invariance(results, out / "fig4.png")), "images": list(picked)}
+
+    record = _vis_stage(context, settings, "fig4", config, [model, val], build)
+    context.add_output_metadata({**record_md(record), "fig4": image_md(record["png"], 1200)})
+    return record
+
+
+class Table3Config(dg.Config):
+    parts: str = ""  # a parts config (docs/deconvnet.md); default: the demo's, or docs/table3_parts_imagenette.json
+
+
+@dg.asset(group_name="visualization", kinds={"pytorch", "parquet"}, code_version=VIS_CODE, ins=UPSTREAM)
+def table3(context: dg.AssetExecutionContext, config: Table3Config, settings: ZFSettings, source_images: dict,
+           model: dict, val: dict, mean: dict) -> dict:
+    """Table 3: mask the same part (eyes, nose) in several images and measure how consistently the sign
+    of the feature change agrees across images at layers 5 and 7 (mean normalized Hamming distance over
+    image pairs, lower = tighter correspondence), against masks at random positions."""
+    parts_file = config.parts or source_images["roots"].get("correspondence") or str(Path(__file__).parents[1] / "docs" / "table3_parts_imagenette.json")
+
+    def build(out: Path) -> dict:
+        vis = ValImages(settings, model, val, mean)
+        parts = correspondence.load_parts_config(parts_file)
+        images, sizes = _part_images(vis, parts)
+        parts = correspondence.in_input_pixels(parts, sizes, resize=vis.split.size, crop=vis.crop)
+        rows = correspondence.correspondence(vis.net, images, parts, [l for l in ("conv5", "fc7") if l in vis.net.layers])
+        table = pa.Table.from_pylist(rows)
+        write_table(table, out / "table3")
+        return {"png": str(render.render_table3(rows, out / "table3.png")), "rows": rows, "parts_file": parts_file}
+
+    record = _vis_stage(context, settings, "table3", config, [model, val], build)
+    md = "| part | layer | mean | std |\n|---|---|---|---|\n" + "".join(
+        f"| {r['part']} | {r['layer']} | {r['mean']:.3f} | {r['std']:.3f} |\n" for r in record["rows"])
+    context.add_output_metadata({**record_md(record), "table": dg.MetadataValue.md(md), "plot": image_md(record["png"])})
+    return record
+
+
+def _part_images(vis: ValImages, parts: correspondence.PartsConfig) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """The parts config's images as network inputs, and each original file's (width, height)."""
+    by_id = {img.key for img in parts.images if not img.is_path}
+    found, _ = vis.lookup(by_id) if by_id else ({}, {})
+    manifest = shards.load_manifest(vis.split.root).select(["image_id", "source"]).to_pydict()
+    sources = dict(zip(manifest["image_id"], manifest["source"]))
+    inputs, sizes = [], []
+    for img in parts.images:
+        source = img.key if img.is_path else sources.get(img.key)
+        if source is None or (not img.is_path and img.key not in found):
+            raise dg.Failure(f"parts config image {img.key!r} is not in the validation shards {vis.split.root}")
+        with Image.open(source) as im:
+            sizes.append(im.size)
+        if img.is_path:
+            crop = preprocess.resize_center_crop(Image.open(source), vis.split.size)
+            x = torch.from_numpy(np.asarray(crop, dtype=np.float32).transpose(2, 0, 1).copy())
+            o = (vis.split.size - vis.crop) // 2
+            x = ((x - vis.mean_full.cpu()) * vis.scale)[:, o : o + vis.crop, o : o + vis.crop]
+            inputs.append(x)
+        else:
+            inputs.append(found[img.key])
+    return torch.stack(inputs), sizes
+
+
+visualization_assets = [fig8, fig3, fig5, fig4, table3]

@@ -1,0 +1,71 @@
+"""The Dagster layer: definitions load, a small demo chain materializes, and a re-run is a cache hit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+import assets
+from assets.cache import cached_stage, fingerprint
+from assets.data import pixel_mean_image, source_images
+from assets.resources import JsonIOManager, ZFSettings
+
+TINY_DEMO = {"train_per_class": 6, "val_per_class": 5, "target_per_class": 4}
+
+
+def test_definitions_load_with_groups_and_checks():
+    graph = assets.defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert {"source_images", "imagenet_train_shards", "pixel_mean_image", "zfnet_model", "top9", "fig8"} <= keys
+    assert "features/caltech101/conv5" in keys
+    groups = {graph.get(k).group_name for k in graph.get_all_asset_keys()}
+    assert {"data", "training", "features", "visualization"} <= groups
+
+
+def test_cached_stage_hits_on_same_key_and_rebuilds_on_a_new_one(tmp_path):
+    calls = []
+
+    def build(out: Path) -> dict:
+        calls.append(out)
+        (out / "x.txt").write_text("done")
+        return {"n": len(calls)}
+
+    first = cached_stage(tmp_path, "stage", ["v1", {"a": 1}], build, log=lambda _: None)
+    again = cached_stage(tmp_path, "stage", ["v1", {"a": 1}], build, log=lambda _: None)
+    other = cached_stage(tmp_path, "stage", ["v1", {"a": 2}], build, log=lambda _: None)
+    assert (first["cached"], again["cached"], other["cached"]) == (False, True, False)
+    assert first["path"] == again["path"] != other["path"]
+    assert len(calls) == 2 and fingerprint("x", {"b": 1, "a": 2}) == fingerprint("x", {"a": 2, "b": 1})
+
+
+def test_a_failed_build_leaves_no_completion_marker(tmp_path):
+    def build(out: Path) -> dict:
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        cached_stage(tmp_path, "stage", ["k"], build, log=lambda _: None)
+    assert not list(tmp_path.glob("stage/*/_asset.json"))
+
+
+@pytest.mark.slow
+def test_demo_chain_materializes_and_second_run_is_a_cache_hit(tmp_path):
+    settings = ZFSettings(output_root=str(tmp_path / "outputs"))
+    resources = {"settings": settings, "io_manager": JsonIOManager(base_dir=str(settings.out / "_records"))}
+    shard_defs = [d for d in assets.data.shard_asset("imagenet_train_shards", "imagenet", "train", "train")]
+    selection = [source_images, shard_defs[0], pixel_mean_image]
+    config = dg.RunConfig({"source_images": {"config": TINY_DEMO}, "imagenet_train_shards": {"config": {"workers": 1}}})
+
+    first = dg.materialize(selection, resources=resources, run_config=config)
+    assert first.success
+    record = json.loads((settings.out / "_records" / "imagenet_train_shards.json").read_text())
+    assert record["images_written"] == 10 * TINY_DEMO["train_per_class"] and not record["cached"]
+    mean = json.loads((settings.out / "_records" / "pixel_mean_image.json").read_text())
+    assert mean["shape"] == [128, 128, 3]
+
+    second = dg.materialize(selection, resources=resources, run_config=config)
+    assert second.success
+    again = json.loads((settings.out / "_records" / "imagenet_train_shards.json").read_text())
+    assert again["cached"] and again["path"] == record["path"]
