@@ -225,19 +225,3 @@ def receptive_field(model: ZFNet, layer: str) -> tuple[int, int, int]:
         if name == target:
             return size, stride, offset
     raise KeyError(f"layer {layer!r} is not in this network")
-
-
-__all__ = [
-    "CONV_LAYERS",
-    "FEATURE_LAYERS",
-    "LAYER_OUTPUT",
-    "TABLE1_PAPER",
-    "VARIANTS",
-    "ZFNet",
-    "ZFNetConfig",
-    "build",
-    "init_weights",
-    "receptive_field",
-    "variant",
-]
-

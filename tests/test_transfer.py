@@ -1,0 +1,334 @@
+"""Transfer evaluation (section 5): split protocol, metrics, probes (torch vs scikit-learn), VOC, tables."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from zf_pipeline.transfer import (
+    ProbeConfig,
+    TooFewImagesError,
+    average_precision,
+    class_splits,
+    evaluate_splits,
+    evaluate_voc,
+    fig7,
+    fit_probe,
+    load_features,
+    mean_per_class_accuracy,
+    mean_per_class_accuracy_from_predictions,
+    plot_fig7,
+    protocol_splits,
+    run_problems,
+    run_row,
+    split_problems,
+    split_rows,
+    table4,
+    table5,
+    table6,
+    table7,
+    voc_training_samples,
+    write_table,
+)
+from zf_pipeline.transfer import probes as probes_module
+from zf_pipeline.transfer import protocol as protocol_module
+from zf_pipeline.transfer.tables import PAPER_TABLE4, PAPER_TABLE7
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    # Tiny problems: thread hand-offs cost more than they save on a shared 2-core machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_features(n_per_class, dim=32, separation=0.6, seed=0, noise_seed=None):
+    """Class means (from ``seed``) plus noise (from ``noise_seed``, default ``seed``), rectified like a ReLU
+    layer's output. Returns X, y, image ids."""
+    n_per_class = np.asarray(n_per_class)
+    y = np.repeat(np.arange(n_per_class.size), n_per_class)
+    means = np.random.default_rng(seed).normal(size=(n_per_class.size, dim))
+    noise = np.random.default_rng([seed, 1] if noise_seed is None else [noise_seed, 2]).normal(size=(y.size, dim))
+    X = np.maximum(separation * means[y] + noise, 0).astype(np.float32)
+    image_ids = np.array([f"class{c:03d}/img{i:05d}" for i, c in enumerate(y)], dtype=object)
+    return X, y, image_ids
+
+
+# --- split protocol -------------------------------------------------------------------------------
+
+
+def test_splits_counts_disjoint_and_seeded():
+    counts = [31, 45, 80, 60]  # like the shared Caltech-101: 31 to 80 per class
+    _, y, ids = make_features(counts)
+    splits = class_splits(ids, y, 30, max_test=50, n_splits=5, seed=3)
+    assert split_problems(splits) == []
+    for k in range(5):
+        part = splits.filter(pc.equal(splits["split_index"], k))
+        for c, n in enumerate(counts):
+            rows = part.filter(pc.equal(part["label"], c))
+            roles = rows["role"].to_pylist()
+            assert roles.count("train") == 30
+            assert roles.count("test") == min(50, n - 30)  # up to 50, from the images not used for training
+        train = set(part.filter(pc.equal(part["role"], "train"))["image_id"].to_pylist())
+        test = set(part.filter(pc.equal(part["role"], "test"))["image_id"].to_pylist())
+        assert not train & test
+    # Same seed, same split, whatever the order of the images; another seed, another split.
+    order = np.random.default_rng(0).permutation(len(ids))
+    shuffled = class_splits(ids[order], y[order], 30, n_splits=5, seed=3)
+    assert shuffled.sort_by("image_id").equals(splits.sort_by("image_id"))
+    other = class_splits(ids, y, 30, n_splits=5, seed=4)
+    assert set(other.filter(pc.equal(other["role"], "train"))["image_id"].to_pylist()) != set(
+        splits.filter(pc.equal(splits["role"], "train"))["image_id"].to_pylist()
+    )
+    # The 5 splits differ from one another.
+    trains = [frozenset(splits.filter(pc.and_(pc.equal(splits["split_index"], k), pc.equal(splits["role"], "train")))
+                        ["image_id"].to_pylist()) for k in range(5)]
+    assert len(set(trains)) == 5
+
+
+def test_split_rows_map_ids_to_feature_rows():
+    _, y, ids = make_features([20, 20])
+    splits = class_splits(ids, y, 5, max_test=10, n_splits=2, seed=0)
+    train, test = split_rows(splits, ids, 5, 1)
+    assert len(train) == 10 and len(test) == 20
+    one = splits.filter(pc.and_(pc.equal(splits["split_index"], 1), pc.equal(splits["role"], "train")))
+    assert set(ids[train]) == set(one["image_id"].to_pylist())
+
+
+def test_short_class_is_named_or_uses_what_is_there():
+    _, y, ids = make_features([40, 20])
+    with pytest.raises(TooFewImagesError, match=r"class few: 20 images"):
+        class_splits(ids, y, 30, class_names=["many", "few"])
+    splits = class_splits(ids, y, 30, short_classes="use_available", n_splits=1)
+    few = splits.filter(pc.equal(splits["label"], 1))["role"].to_pylist()
+    assert few.count("train") == 19 and few.count("test") == 1
+
+
+def test_split_problems_catches_overlap_and_missing_class():
+    _, y, ids = make_features([10, 10])
+    splits = class_splits(ids, y, 5, n_splits=1)
+    test_row = splits.filter(pc.equal(splits["role"], "test")).slice(0, 1)
+    leaked = pa.concat_tables([splits, test_row.set_column(4, "role", pa.array(["train"]))])
+    assert any("both train and test" in p for p in split_problems(leaked))
+    no_test_for_1 = splits.filter(pc.or_(pc.equal(splits["label"], 0), pc.equal(splits["role"], "train")))
+    assert any("classes [1] have no test image" in p for p in split_problems(no_test_for_1))
+
+
+# --- metrics --------------------------------------------------------------------------------------
+
+
+def test_mean_per_class_accuracy_on_a_hand_made_confusion():
+    confusion = np.array([[8, 2, 0], [1, 1, 0], [0, 0, 0]])  # class 2 has no test image
+    assert mean_per_class_accuracy(confusion) == pytest.approx((80.0 + 50.0) / 2)  # not 9/12 = 75
+    y_true = np.array([0] * 10 + [1] * 2)
+    y_pred = np.array([0] * 8 + [1] * 2 + [0, 1])
+    assert mean_per_class_accuracy_from_predictions(y_true, y_pred, 3) == pytest.approx(65.0)
+    with pytest.raises(ValueError, match="outside"):
+        mean_per_class_accuracy_from_predictions(y_true, y_pred + 2, 3)
+
+
+def test_voc_average_precision_by_hand():
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
+    positive = np.array([True, False, True, False, True])
+    # Precision at the positives 1, 2/3, 3/5; the envelope keeps them (they fall): mean = (1 + 2/3 + 3/5) / 3.
+    assert average_precision(scores, positive) == pytest.approx(100 * (1 + 2 / 3 + 3 / 5) / 3)
+    # A later rise lifts earlier precision: positives at ranks 2, 3 -> precision 1/2 then 2/3 -> envelope 2/3, 2/3.
+    assert average_precision(scores, np.array([False, True, True, False, False])) == pytest.approx(100 * 2 / 3)
+    # Ignoring the top (difficult) image leaves positives at ranks 1, 2: AP 100.
+    ignore = np.array([True, False, False, False, False])
+    assert average_precision(scores, np.array([False, True, True, False, False]), ignore) == pytest.approx(100.0)
+
+
+# --- probes ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["softmax", "svm"])
+def test_torch_probe_matches_sklearn(kind):
+    X, y, _ = make_features([30] * 6, dim=32, separation=0.45, seed=1)
+    Xt, yt, _ = make_features([50] * 6, dim=32, separation=0.45, seed=1, noise_seed=7)  # same means, new noise
+    grid = (0.1, 1.0, 10.0)
+    results = {}
+    for backend in ("sklearn", "torch"):
+        probe = fit_probe(X, y, ProbeConfig(kind=kind, backend=backend, c_grid=grid, tol=1e-6, max_iter=3000))
+        assert probe.converged
+        results[backend] = (probe, mean_per_class_accuracy_from_predictions(yt, probe.predict(Xt), 6))
+    (ref, ref_acc), (ours, our_acc) = results["sklearn"], results["torch"]
+    assert 30 < ref_acc < 100  # a problem where the classifier matters
+    assert abs(our_acc - ref_acc) <= 0.5
+    assert ours.c == ref.c
+    for c in grid:
+        assert abs(ours.cv_accuracy[c] - ref.cv_accuracy[c]) <= 1.0
+    # Same objective, same optimum: the decision functions agree closely, not just the argmax.
+    np.testing.assert_allclose(ours.decision_function(Xt), ref.decision_function(Xt), atol=0.05 * np.abs(
+        ref.decision_function(Xt)).max())
+
+
+def test_probe_records_non_convergence():
+    X, y, _ = make_features([20] * 4, dim=16)
+    probe = fit_probe(X, y, ProbeConfig(backend="torch", c_grid=(1000.0,), max_iter=2, tol=1e-10))
+    assert not probe.converged and probe.n_iter == 2
+
+
+def test_cross_validation_never_sees_test_images(monkeypatch):
+    X, y, ids = make_features([25] * 4, dim=8)
+    X[:, 0] = np.arange(len(y))  # feature 0 names the row, so the solver's input reveals which images it saw
+    splits = class_splits(ids, y, 10, max_test=15, n_splits=2, seed=0)
+    seen: list[np.ndarray] = []
+    real_fit = probes_module.fit_probe
+
+    def spy(X_train, y_train, config, groups=None):
+        seen.append(X_train[:, 0].astype(int))
+        return real_fit(X_train, y_train, config, groups)
+
+    monkeypatch.setattr(protocol_module, "fit_probe", spy)
+    evaluate_splits(X, y, ids, splits, ProbeConfig(c_grid=(1.0, 10.0)))
+    assert len(seen) == 2
+    for k, rows in enumerate(seen):
+        train, test = split_rows(splits, ids, 10, k)
+        assert set(rows) == set(train) and not set(rows) & set(test)
+
+
+def test_cv_folds_stay_inside_training_rows(monkeypatch):
+    X, y, _ = make_features([12] * 3, dim=8)
+    problems_seen = []
+    real_sweep = probes_module._sweep_torch
+
+    def spy(Xp, y_index, n_classes, problems, config):
+        problems_seen.extend(problems)
+        return real_sweep(Xp, y_index, n_classes, problems, config)
+
+    monkeypatch.setattr(probes_module, "_sweep_torch", spy)
+    fit_probe(X, y, ProbeConfig(c_grid=(1.0, 10.0), cv_folds=3))
+    assert len(problems_seen) == 2 * 3 + 2  # every (C, fold) and one refit per C
+    for _, rows in problems_seen:
+        assert rows.max() < len(y)  # indices into the training rows handed to fit_probe, nothing else
+    fold_rows = [set(rows.tolist()) for _, rows in problems_seen[:3]]
+    held_out = [set(range(len(y))) - rows for rows in fold_rows]
+    assert set().union(*held_out) == set(range(len(y))) and sum(map(len, held_out)) == len(y)
+
+
+# --- PASCAL VOC -----------------------------------------------------------------------------------
+
+
+def test_voc_multilabel_samples_one_per_positive_label():
+    rows, targets = voc_training_samples([(3,), (0, 14), (), (14, 14, 2)])
+    assert rows.tolist() == [0, 1, 1, 3, 3] and targets.tolist() == [3, 0, 14, 2, 14]
+
+
+def test_evaluate_voc_scores_every_class_with_ap():
+    rng = np.random.default_rng(0)
+    n_classes, dim = 20, 40
+    means = rng.normal(size=(n_classes, dim))
+
+    def images(n):
+        labels = [tuple(rng.choice(n_classes, size=rng.integers(1, 3), replace=False)) for _ in range(n)]
+        X = np.stack([means[list(image)].sum(0) + 0.7 * rng.normal(size=dim) for image in labels])
+        return np.maximum(X, 0).astype(np.float32), labels
+
+    (X_train, l_train), (X_val, l_val) = images(300), images(200)
+    voc = evaluate_voc(X_train, l_train, X_val, l_val, ProbeConfig(c_grid=(1.0, 10.0)))
+    assert voc.num_rows == 20 and voc["class"][0].as_py() == "aeroplane"
+    ap = np.array(voc["ap"].to_pylist())
+    assert (ap > 40).all() and (ap <= 100).all()  # far above chance (~10% positives per class)
+    table, markdown = table6(voc)
+    assert table.num_rows == 21 and "test server is not reachable" in markdown
+    assert table["ours_ap_val"][20].as_py() == pytest.approx(ap.mean())
+
+
+# --- tables, files, checks ------------------------------------------------------------------------
+
+
+def test_tables_put_paper_numbers_beside_ours(tmp_path):
+    X, y, ids = make_features([50] * 5, dim=16, separation=0.8)
+    splits = pa.concat_tables([class_splits(ids, y, n, max_test=20, n_splits=3) for n in (15, 30)])
+    runs = evaluate_splits(X, y, ids, splits, ProbeConfig(c_grid=(1.0, 10.0)), layer="fc7")
+    assert run_problems(runs, layers=["fc7"], n_splits=3, n_classes=5) == []
+    assert run_problems(runs, layers=["fc7", "conv5"], n_splits=4, n_classes=5)  # a missing layer and split
+
+    # The non-pretrained net is scored from its own predictions on the same split's test images.
+    _, test = split_rows(splits, ids, 30, 0)
+    scratch = pa.Table.from_pylist([run_row(y[test], np.zeros_like(y[test]), 5, method="non-pretrained", layer="fc8",
+                                            classifier="convnet", n_train=30, split_index=0, n_train_images=150)],
+                                   schema=runs.schema)
+    assert scratch["accuracy"][0].as_py() == pytest.approx(20.0)  # always class 0: 100% on one class of 5
+    t4, md4 = table4(pa.concat_tables([runs, scratch]))
+    assert t4.filter(pc.and_(pc.equal(t4["row"], "Non-pretrained convnet"), pc.equal(t4["n_train"], 30))
+                     )["ours_mean"].to_pylist() == [pytest.approx(20.0)]
+    pretrained30 = pc.and_(pc.equal(t4["row"], "ImageNet-pretrained convnet"), pc.equal(t4["n_train"], 30))
+    row = t4.filter(pretrained30).to_pylist()[0]
+    ours30 = np.array(runs.filter(pc.equal(runs["n_train"], 30))["accuracy"].to_pylist())
+    assert row["ours_mean"] == pytest.approx(ours30.mean()) and row["ours_std"] == pytest.approx(ours30.std())
+    assert (row["paper_mean"], row["paper_std"]) == PAPER_TABLE4["ImageNet-pretrained convnet"][30]
+    assert "86.5 ± 0.5" in md4
+
+    t5, _ = table5(runs)
+    assert set(t5.filter(pc.equal(t5["row"], "(Sohn et al., 2011)"))["n_train"].to_pylist()) == {15, 30, 45, 60}
+
+    t7, md7 = table7({"caltech101": runs})
+    softmax7 = t7.filter(pc.and_(pc.equal(t7["classifier"], "softmax"), pc.equal(t7["layer"], "fc7"))).to_pylist()[0]
+    assert softmax7["ours_mean"] == pytest.approx(ours30.mean())
+    assert softmax7["paper_mean"] == PAPER_TABLE7[("softmax", "fc7")][0][0]
+    assert t7.filter(pc.equal(t7["layer"], "conv1"))["ours_mean"].to_pylist() == [None]
+
+    curve, _ = fig7(runs)
+    assert curve["n_train"].to_pylist() == [15, 30]
+    png = plot_fig7(curve, tmp_path / "fig7.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    parquet, csv = write_table(runs, tmp_path / "out" / "runs")
+    assert pq.read_table(parquet).equals(runs)
+    assert csv.read_text().splitlines()[0].startswith('"method","layer"')
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_load_features_reads_fixed_size_lists(tmp_path):
+    folder = tmp_path / "features" / "layer=fc7"
+    folder.mkdir(parents=True)
+    vectors = np.arange(24, dtype=np.float16).reshape(6, 4)  # the features stage stores float16
+    for part, rows in enumerate([[3, 0, 5], [1, 4, 2]]):
+        # Dictionary-encoded strings, as zf_pipeline.features writes them.
+        pq.write_table(pa.table({
+            "image_id": pa.array([f"id{r}" for r in rows]).dictionary_encode(), "label": [r % 2 for r in rows],
+            "split": pa.array(["train"] * 3).dictionary_encode(),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors[rows].ravel()), 4),
+        }), folder / f"part-{part:05d}.parquet")
+    assert len(load_features(tmp_path / "features", "fc7", split="train")[2]) == 6
+    X, y, ids = load_features(tmp_path / "features", "fc7")
+    assert X.dtype == np.float32
+    np.testing.assert_array_equal(X, vectors.astype(np.float32))
+    assert y.tolist() == [0, 1, 0, 1, 0, 1] and ids.tolist() == [f"id{i}" for i in range(6)]
+    with pytest.raises(FileNotFoundError, match="layer=conv5"):
+        load_features(tmp_path / "features", "conv5")
+
+
+def test_fig7_curve_down_to_one_training_image():
+    X, y, ids = make_features([20] * 4, dim=16, separation=1.0)
+    splits = protocol_splits(ids, y, [1, 2, 5], max_test=10, n_splits=2)
+    config = ProbeConfig(c_grid=(1.0, 10.0), c_without_cv=3.0)
+    runs = evaluate_splits(X, y, ids, splits, config)
+    by_n = {n: runs.filter(pc.equal(runs["n_train"], n)) for n in (1, 2, 5)}
+    assert by_n[1]["c"].to_pylist() == [3.0, 3.0]  # one image per class: no fold can validate, fixed C
+    assert all(np.isnan(by_n[1]["cv_accuracy"].to_pylist()))
+    assert set(by_n[5]["c"].to_pylist()) <= {1.0, 10.0}
+    curve, _ = fig7(runs)
+    assert curve["n_train"].to_pylist() == [1, 2, 5] and curve["n_splits"].to_pylist() == [2, 2, 2]
+
+
+@pytest.mark.realdata
+def test_caltech101_protocol_on_the_real_images(shared_data):
+    from zf_pipeline.data.readers import open_imageset
+
+    images = open_imageset("caltech101", shared_data / "caltech101")
+    ids = [r.image_id for r in images.records]
+    labels = np.array([r.label for r in images.records])
+    splits = protocol_splits(ids, labels, [15, 30], max_test=50, n_splits=5, seed=0, class_names=images.classes)
+    assert split_problems(splits) == []
+    counts = np.bincount(labels)
+    test30 = splits.filter(pc.and_(pc.equal(splits["n_train"], 30), pc.equal(splits["role"], "test")))
+    per_class = np.bincount(test30["label"].to_numpy(), minlength=counts.size) / 5
+    np.testing.assert_array_equal(per_class, np.minimum(50, counts - 30))  # 31..80 images: 1..50 test
