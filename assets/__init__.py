@@ -11,10 +11,11 @@ from assets import training
 from assets.data import data_assets
 from assets.features import feature_assets
 from assets.resources import JsonIOManager, ZFSettings
+from assets.transfer import transfer_assets
 from assets.visualization import visualization_assets
 
 settings = ZFSettings.from_env()
-definitions = [*data_assets(settings), training.zfnet_model, training.table1, training.table2, *feature_assets(settings), *visualization_assets]
+definitions = [*data_assets(settings), training.zfnet_model, training.table1, training.table2, *feature_assets(settings), *visualization_assets, *transfer_assets(settings)]
 
 defs = dg.Definitions(
     assets=[d for d in definitions if not isinstance(d, dg.AssetChecksDefinition)],

@@ -15,6 +15,7 @@ from PIL import Image
 from assets.cache import cached_stage, code_version
 from assets.metadata import image_md, record_md
 from assets.resources import ZFSettings
+from zf_pipeline import atlas as atlas_site
 from zf_pipeline import deconv, render
 from zf_pipeline.analysis import correspondence, evolution, invariance, occlusion
 from zf_pipeline.data import loader, preprocess, shards
@@ -259,4 +260,39 @@ def _part_images(vis: ValImages, parts: correspondence.PartsConfig) -> tuple[tor
     return torch.stack(inputs), sizes
 
 
-visualization_assets = [fig8, fig3, fig5, fig4, table3]
+class AtlasConfig(dg.Config):
+    maps: int = 0  # feature maps per layer in the atlas (0: all)
+    norm: str = deconv.DEFAULT_NORM
+
+
+@dg.asset(group_name="visualization", kinds={"html", "pytorch"}, code_version=code_version(atlas_site, render, deconv),
+          ins={**UPSTREAM, "fig3": dg.AssetIn("fig3"), "fig4": dg.AssetIn("fig4"), "fig5": dg.AssetIn("fig5"),
+               "table3": dg.AssetIn("table3"), "table7": dg.AssetIn("table7")})
+def atlas(context: dg.AssetExecutionContext, config: AtlasConfig, settings: ZFSettings, top9: dict, model: dict, val: dict,
+          mean: dict, fig3: dict, fig4: dict, fig5: dict, table3: dict, table7: dict) -> dict:
+    """A static HTML atlas of the trained network (opens from disk, no server): per layer every feature
+    map's top-9 deconvnet projections and image patches (section 4, Fig. 8), its evolution over training
+    (Fig. 3), the occlusion and invariance figures (Figs. 4, 5), Table 3 and the transfer tables."""
+
+    def build(out: Path) -> dict:
+        vis = ValImages(settings, model, val, mean)
+        rows = pq.read_table(top9["file"])
+        images, _ = vis.lookup(set(rows["image_id"].to_pylist()))
+        extras = atlas_site.AtlasExtras(
+            layer_figures={layer: {"Fig. 3: evolution over training": png} for layer, png in fig3["pngs"].items()},
+            figures={**{f"Fig. 5: occlusion, image {i + 1}": png for i, png in enumerate(fig5["pngs"])},
+                     "Fig. 4: invariance": fig4["png"], "Table 3: correspondence": table3["png"]},
+            tables={"Table 7": table7["markdown"]},
+        )
+        index = atlas_site.build_atlas(out / "site", vis.net, rows, images, mean=vis.display_mean,
+                                       maps=config.maps or None, extras=extras, norm=config.norm)
+        return {"index": str(index)}
+
+    upstream = [top9, model, fig3, fig4, fig5, table3, table7]
+    record = cached_stage(settings.out, "atlas", [code_version(atlas_site, render, deconv), config.model_dump(),
+                                                  *[u["fingerprint"] for u in upstream]], build, context.log.info)
+    context.add_output_metadata({**record_md(record), "index": dg.MetadataValue.url(f"file://{record['index']}")})
+    return record
+
+
+visualization_assets = [fig8, fig3, fig5, fig4, table3, atlas]
