@@ -20,6 +20,7 @@ import torch
 
 from zf_pipeline.features import extract
 from zf_pipeline.models.zfnet import CONV_LAYERS, FEATURE_LAYERS, build, variant
+from zf_pipeline.train import kaiming_init
 
 
 def synchronize(device: torch.device) -> None:
@@ -76,7 +77,9 @@ def main() -> None:
     device = torch.device(args.device)
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[args.amp]
     compile = not args.no_compile
-    model = build(variant(args.variant, width=args.width, input_size=args.size), seed=0).eval().to(device)
+    model = build(variant(args.variant, width=args.width, input_size=args.size), seed=0)
+    kaiming_init(model)  # keeps activations of random inputs O(1): the float16 map maxima must stay finite
+    model = model.eval().to(device)
     model = model.to(memory_format=torch.channels_last)
     g = torch.Generator(device="cpu").manual_seed(0)
     inputs = [

@@ -5,7 +5,10 @@
 For each architecture: the compiled bf16 channels_last network trained on random tensors already on the
 GPU (the ceiling: nothing but the model), then the same step fed from the shard folder by each loader
 mode (read + decode + random crop + flip + mean subtraction included). Prints a table; ``--json``
-writes the numbers. DESIGN.md's ceilings on one H100: 25,800 (krizhevsky), 19,500 (ours) img/s.
+writes the numbers. A ``+aug`` suffix (``cache+aug``) compiles the crop/flip/mean gather on its own, as
+``zf_pipeline.train`` does; ``+fused`` compiles it into the network's forward (one graph from uint8 to
+loss); ``+graph`` does that under CUDA graphs (torch.compile mode="reduce-overhead"). Without a suffix
+the augmentation runs eagerly. DESIGN.md's ceilings on one H100: 25,800 (krizhevsky), 19,500 (ours) img/s.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ import logging
 import time
 
 import torch
+import torch.nn.functional as F
 
-from zf_pipeline.data.loader import augment, load_mean, make_source, open_split
+from zf_pipeline.data.loader import crop_draws, crop_flip, load_mean, make_source, open_split
 from zf_pipeline.models import build, variant
 from zf_pipeline.train import kaiming_init, make_step
 
@@ -41,6 +45,26 @@ def _rate(step_fn, steps: int, warmup: int, batch: int) -> float:
     return steps * batch / (time.perf_counter() - t)
 
 
+def fused_step(net: torch.nn.Module, opt: torch.optim.Optimizer, mean: torch.Tensor, crop: int, mode: str | None):
+    """``step(uint8 images, labels, draws)`` with crop/flip/mean inside one compiled forward (``mode`` for torch.compile)."""
+
+    def forward_loss(images, labels, draws):
+        x = crop_flip(images, mean, draws, crop)
+        with torch.autocast("cuda", torch.bfloat16):
+            logits = net(x)
+        return F.cross_entropy(logits.float(), labels)
+
+    forward = torch.compile(forward_loss, mode=mode, dynamic=False)
+
+    def step(images, labels, draws):
+        loss = forward(images, labels, draws)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
 def bench(arch: str, args) -> list[dict]:
     dev = torch.device(args.device)
     net = build(variant(arch, num_classes=1000, width=args.width), seed=0)
@@ -58,9 +82,14 @@ def bench(arch: str, args) -> list[dict]:
     split = open_split(args.shards)
     mean = load_mean(args.mean, split.size).to(dev)
     gen = torch.Generator().manual_seed(0)
+    aug_compiled = torch.compile(crop_flip, dynamic=False)
+    fused = {}  # one compiled graph per variant, shared across loader modes
     for mode in args.modes:
         t0 = time.perf_counter()
-        kind, _, frac = mode.partition(":")  # 'hybrid:0.6' = 60% decoded by the CPU workers
+        mode_kind, _, how = mode.partition("+")  # 'cache+fused': augmentation compiled into the forward
+        kind, _, frac = mode_kind.partition(":")  # 'hybrid:0.6' = 60% decoded by the CPU workers
+        if how in ("fused", "graph") and how not in fused:
+            fused[how] = fused_step(net, opt, mean, 224, "reduce-overhead" if how == "graph" else None)
         src = make_source(split, b, shuffle=True, mode=kind, num_workers=args.workers, device=dev,
                           cpu_fraction=float(frac or 0.5))
         setup_s = time.perf_counter() - t0
@@ -73,10 +102,18 @@ def bench(arch: str, args) -> list[dict]:
                 state["epoch"] += 1
                 state["it"] = src.epoch(state["epoch"])
                 images, labels = next(state["it"])
-            inp = augment(images, mean, 224, gen).contiguous(memory_format=torch.channels_last)
-            step(inp, labels)
+            draws = crop_draws(len(images), images.shape[-1], 224, gen, dev)
+            if how in fused:
+                fused[how](images, labels, draws)
+                return
+            aug = aug_compiled if how == "aug" else crop_flip
+            step(aug(images, mean, draws, 224).contiguous(memory_format=torch.channels_last), labels)
 
-        rate = _rate(e2e, args.steps, args.warmup, b)
+        try:
+            rate = _rate(e2e, args.steps, args.warmup, b)
+        except Exception as e:  # one failing variant (a compile mode, say) must not lose the table
+            print("mode", mode, "failed:", repr(e)[:500], flush=True)
+            continue
         rows.append({"arch": arch, "source": f"shards, {mode}", "img_per_s": rate, "of_ceiling": rate / ceiling,
                      "of_design": rate / DESIGN_CEILING.get(arch, float("nan")), "setup_s": setup_s})
         print("row", json.dumps(rows[-1]), flush=True)  # a partial table survives a timeout

@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
+from zf_pipeline.data.loader import Split, load_mean, network_inputs, open_split
 from zf_pipeline.io import atomic_path
 from zf_pipeline.models.zfnet import FEATURE_LAYERS, ZFNet
 
@@ -528,3 +529,153 @@ def _feature_rows(split: str, schema: pa.Schema):
         )
 
     return make
+
+
+# --- Sharded passes: one process per GPU, each over its own shards, then one merge. ---
+
+PARTS_SUFFIX = ".parts"
+
+
+def parts_dir(out_dir: str | Path) -> Path:
+    """Where the ranks of a sharded pass write their folders before the merge: ``<out_dir>.parts``."""
+    out_dir = Path(out_dir)
+    return out_dir.with_name(out_dir.name + PARTS_SUFFIX)
+
+
+def extract_part(
+    model: ZFNet,
+    shards: Split,
+    mean: torch.Tensor,
+    out_dir: str | Path,
+    *,
+    split: str,
+    rank: int,
+    world_size: int,
+    crop: int,
+    input_scale: float = 1.0,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    **kwargs,
+) -> ExtractionSummary:
+    """Rank ``rank`` of ``world_size``: :func:`extract` over ``shards.shards[rank::world_size]`` only, as ``split``.
+
+    The part lands in ``parts_dir(out_dir)/rank-RRRRR-of-WWWWW`` (a complete extraction folder);
+    :func:`merge_parts` joins the parts into ``out_dir``. ``mean`` is 3 x S x S on ``device``;
+    ``kwargs`` go to :func:`extract`.
+    """
+    from dataclasses import replace
+
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in [0, {world_size})")
+    mine = replace(shards, shards=shards.shards[rank::world_size])  # num_images stays the whole split's: only the shard list is read
+    if not mine.shards:
+        raise ValueError(f"{shards.root}: {len(shards.shards)} shards leave none for rank {rank} of {world_size}")
+    log.info("rank %d/%d: %d of %d shards of %s", rank, world_size, len(mine.shards), len(shards.shards), shards.root)
+    batches = network_inputs(mine, mean, crop, batch_size, device, input_scale)
+    part = parts_dir(out_dir) / f"rank-{rank:05d}-of-{world_size:05d}"
+    return extract(model, batches, part, split=split, device=device, **kwargs)
+
+
+def merge_parts(out_dir: str | Path) -> ExtractionSummary:
+    """Join the rank folders of a sharded pass into ``out_dir``, the layout one :func:`extract` writes.
+
+    Each rank's ``part-NNNNN`` files become ``part-RRRRR-NNNNN`` in the same hive partitions; the
+    streaming top-k is re-ranked over the union (value descending, then image_id ascending);
+    ``_SUCCESS.json`` sums the parts and is written last. Fails, writing nothing, unless every
+    rank's part is complete. The parts folder is removed afterwards.
+    """
+    import shutil
+
+    import pyarrow.compute as pc
+
+    parts_root = parts_dir(out_dir)
+    parts = sorted(parts_root.glob("rank-*-of-*"))
+    if not parts:
+        raise FileNotFoundError(f"{parts_root}: no rank-*-of-* folders; expected the parts of a sharded extraction")
+    world = {int(p.name.split("-of-")[1]) for p in parts}
+    if len(world) != 1 or len(parts) != world.pop():
+        raise ValueError(f"{parts_root}: found {[p.name for p in parts]}; expected one complete part per rank of one world size")
+    summaries = [ExtractionSummary.load(p) for p in parts]  # raises for a rank that did not finish
+    first = summaries[0]
+    for p, s in zip(parts, summaries):
+        if (s.split, s.k, s.layers, s.activation_layers, s.feature_layers) != (first.split, first.k, first.layers, first.activation_layers, first.feature_layers):
+            raise ValueError(f"{p}: its layers/split/k differ from {parts[0]}'s; the parts are not of one pass")
+    with atomic_path(out_dir) as tmp:
+        tmp = Path(tmp)
+        for rank, part in enumerate(parts):
+            for f in sorted(part.glob("*/layer=*/part-*.parquet")):
+                dest = tmp / f.parent.relative_to(part) / f"part-{rank:05d}-{f.name.removeprefix('part-')}"
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(f, dest)
+        name = f"stream_top{first.k}.parquet"
+        if (parts[0] / name).is_file():
+            top = pa.concat_tables([pq.read_table(p / name) for p in parts])
+            top = top.sort_by([("layer", "ascending"), ("channel", "ascending"), ("value", "descending"), ("image_id", "ascending")])
+            layer, channel = top["layer"].to_numpy(zero_copy_only=False), top["channel"].to_numpy()
+            new_map = np.ones(len(top), dtype=bool)
+            new_map[1:] = (layer[1:] != layer[:-1]) | (channel[1:] != channel[:-1])
+            start = np.maximum.accumulate(np.where(new_map, np.arange(len(top)), 0))
+            rank_in_map = np.arange(len(top)) - start + 1
+            top = top.set_column(top.schema.get_field_index("rank"), "rank", pa.array(rank_in_map.astype(np.int8)))
+            pq.write_table(top.filter(pc.less_equal(top["rank"], first.k)), tmp / name)
+        merged = ExtractionSummary(
+            split=first.split, images=sum(s.images for s in summaries), k=first.k, layers=first.layers,
+            activation_layers=first.activation_layers, feature_layers=first.feature_layers,
+            activation_rows=sum(s.activation_rows for s in summaries),
+            activation_bytes={n: sum(s.activation_bytes.get(n, 0) for s in summaries) for n in first.activation_layers},
+            seconds=max(s.seconds for s in summaries),  # the ranks run side by side
+        )
+        (tmp / SUMMARY_FILE).write_text(json.dumps(asdict(merged), indent=1))
+    shutil.rmtree(parts_root)
+    log.info("merged %d parts (%d images) into %s", len(parts), merged.images, out_dir)
+    return merged
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """CLI: ``extract`` one rank's share (rank and world from torchrun's RANK / WORLD_SIZE / LOCAL_RANK), or ``merge``.
+
+        torchrun --nproc-per-node 2 -m zf_pipeline.features extract --checkpoint last.pt --shards DIR \\
+            --mean pixel_mean.npy --split val --out features/val --crop 224 --bf16 --compile
+        python -m zf_pipeline.features merge --out features/val
+    """
+    import argparse
+    import os
+
+    from zf_pipeline.models.checkpoint import load_model
+
+    p = argparse.ArgumentParser(prog="python -m zf_pipeline.features", description=main.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    ex = sub.add_parser("extract", help="this rank's share of a sharded pass")
+    ex.add_argument("--checkpoint", required=True)
+    ex.add_argument("--shards", required=True, help="a shard folder (summary.json, manifest.parquet, tars)")
+    ex.add_argument("--mean", required=True, help="the per-pixel mean image (.npy, S x S x 3)")
+    ex.add_argument("--split", required=True, help="the split name written into the features rows")
+    ex.add_argument("--out", required=True)
+    ex.add_argument("--crop", type=int, default=224)
+    ex.add_argument("--input-scale", type=float, default=1.0)
+    ex.add_argument("--batch-size", type=int, default=256)
+    ex.add_argument("--layers", nargs="+", help="feature layers (default: every one the net has)")
+    ex.add_argument("--bf16", action="store_true")
+    ex.add_argument("--compile", action="store_true")
+    mg = sub.add_parser("merge", help="join the ranks' parts into --out")
+    mg.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.command == "merge":
+        merge_parts(args.out)
+        return
+    rank, world, local = (int(os.environ.get(k, 0)) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    world = world or 1
+    device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    model = load_model(args.checkpoint, device)
+    layers = args.layers or [name for name in FEATURE_LAYERS if name in model.layers]
+    split = open_split(args.shards)
+    mean = load_mean(args.mean, split.size).to(device)
+    extract_part(model, split, mean, args.out, rank=rank, world_size=world, crop=args.crop, input_scale=args.input_scale,
+                 batch_size=args.batch_size, device=device, split=args.split, layers=layers,
+                 autocast=torch.bfloat16 if args.bf16 and device.type == "cuda" else None, compile=args.compile)
+
+
+if __name__ == "__main__":
+    main()

@@ -244,7 +244,7 @@ class ShardStream:
         s = self.split.size
         out = torch.empty((len(batch["labels"]), 3, s, s), dtype=torch.uint8, device=self.device)
         jpegs = list(torch.split(batch["raw"], batch["raw_len"].tolist()))
-        out[batch["raw_idx"].to(self.device)] = torch.stack(decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=self.device))
+        out[batch["raw_idx"].to(self.device)] = decode_jpegs_cuda(jpegs, self.device)
         if len(batch["decoded_idx"]):
             out[batch["decoded_idx"].to(self.device)] = batch["decoded"].to(self.device, non_blocking=True)
         return out
@@ -289,6 +289,18 @@ class DecodedCache:
             yield self.images[idx], self.labels[idx]
 
 
+def decode_jpegs_cuda(raw: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """Batched nvJPEG decode of JPEG byte tensors to uint8 N x 3 x H x W on ``device``, after draining its stream.
+
+    nvJPEG's hardware decoder writes its outputs before work already queued on the stream has run, and the
+    caching allocator may hand it blocks that queued kernels still read (pytorch/vision#9606): without the
+    drain, unrelated tensors are silently overwritten (seen on an H200 as non-finite extraction maxima).
+    """
+    if device.type == "cuda":  # (the tests run the 'gpu' stream on the CPU)
+        torch.cuda.current_stream(device).synchronize()
+    return torch.stack(decode_jpeg(raw, mode=ImageReadMode.RGB, device=device))
+
+
 def decode_split(split: Split, device: torch.device, threads: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     """All images of a split as (uint8 N x 3 x S x S, int64 labels) on ``device``, in the split's order."""
     with ThreadPoolExecutor(threads) as pool:
@@ -299,7 +311,7 @@ def decode_split(split: Split, device: torch.device, threads: int = 8) -> tuple[
     for i in range(0, len(samples), chunk):
         raw = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for _, d, _ in samples[i : i + chunk]]
         if device.type == "cuda":
-            out[i : i + len(raw)] = torch.stack(decode_jpeg(raw, mode=ImageReadMode.RGB, device=device))
+            out[i : i + len(raw)] = decode_jpegs_cuda(raw, device)
         else:
             with ThreadPoolExecutor(threads) as pool:  # libjpeg releases the GIL
                 out[i : i + len(raw)] = torch.stack(list(pool.map(lambda r: decode_jpeg(r, mode=ImageReadMode.RGB), raw)))
@@ -403,7 +415,7 @@ def labelled_batches(
     def decode(chunk: list[tuple[str, bytes, int]], pool: ThreadPoolExecutor):
         raw = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for _, d, _ in chunk]
         if device.type == "cuda":
-            images = torch.stack(decode_jpeg(raw, mode=ImageReadMode.RGB, device=device))
+            images = decode_jpegs_cuda(raw, device)
         else:
             images = torch.stack(list(pool.map(lambda r: decode_jpeg(r, mode=ImageReadMode.RGB), raw)))
         labels = torch.tensor([label for _, _, label in chunk], dtype=torch.int64, device=device)

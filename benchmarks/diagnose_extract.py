@@ -1,0 +1,69 @@
+"""Where do extraction's non-finite map maxima come from? Per-layer max |activation| and NaN counts.
+
+    python benchmarks/diagnose_extract.py [--checkpoint last.pt --shards DIR --mean FILE --input-scale S]
+
+For a He-initialized Krizhevsky net on random inputs (and, given a checkpoint, for the first batches of
+a shard folder), runs ``features.layer_outputs`` eagerly and compiled, in float32 and under bf16
+autocast, and prints one line per (case, layer).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from zf_pipeline.data.loader import load_mean, network_inputs, open_split
+from zf_pipeline.features import layer_outputs
+from zf_pipeline.models.checkpoint import load_model
+from zf_pipeline.models.zfnet import CONV_LAYERS, FEATURE_LAYERS, build, variant
+from zf_pipeline.train import kaiming_init
+
+
+def report(name: str, model, batches: list[torch.Tensor], compiled_modes: tuple[bool, ...]) -> None:
+    layers = [n for n in FEATURE_LAYERS if n in model.layers]
+    for compiled in compiled_modes:
+        fn = torch.compile(layer_outputs, dynamic=False) if compiled else layer_outputs
+        for amp in (None, torch.bfloat16):
+            with torch.inference_mode(), torch.autocast("cuda", amp or torch.float32, enabled=amp is not None):
+                for i, x in enumerate(batches):
+                    acts = model.forward_layers(x, layers)
+                    value, _, vectors = fn(model, x, [n for n in layers if n in CONV_LAYERS], layers)
+                    stats = " ".join(f"{n}:{a.float().abs().max().item():.3g}/{a.isnan().sum().item()}" for n, a in acts.items())
+                    print(f"{name} compiled={compiled} amp={amp} batch {i}: value finite={value.isfinite().all().item()} "
+                          f"max={value.float().max().item():.3g} | max|act|/nan {stats}", flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint")
+    p.add_argument("--shards")
+    p.add_argument("--mean")
+    p.add_argument("--input-scale", type=float, default=1.0)
+    p.add_argument("--batches", type=int, default=3, help="batches of the shard folder")
+    p.add_argument("--eager-only", action="store_true", help="skip torch.compile (it crashed once with an illegal address)")
+    p.add_argument("--no-random", action="store_true")
+    args = p.parse_args()
+    dev = torch.device("cuda")
+    modes = (False,) if args.eager_only else (False, True)
+    net = build(variant("krizhevsky"), seed=0)
+    kaiming_init(net)
+    net = net.eval().to(dev, memory_format=torch.channels_last)
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(256, 3, 224, 224, generator=g).to(dev).contiguous(memory_format=torch.channels_last) for _ in range(2)]
+    if not args.no_random:
+        report("random", net, xs, modes)
+    if args.checkpoint:
+        model = load_model(args.checkpoint, dev)
+        split = open_split(args.shards)
+        mean = load_mean(args.mean, split.size).to(dev)
+        batches = []
+        for x, _, _ in network_inputs(split, mean, 224, 256, dev, args.input_scale):
+            batches.append(x)
+            if len(batches) == args.batches:
+                break
+        report("trained", model, batches, modes)
+
+
+if __name__ == "__main__":
+    main()
