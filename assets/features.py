@@ -60,8 +60,8 @@ def run_extraction(
     return cached_stage(settings.out, f"features_{name}", key, build, context.log.info)
 
 
-def features_asset(name: str, shards_asset: str, split: str, description: str) -> dg.AssetsDefinition:
-    """One multi-asset: the extraction pass over ``shards_asset``, one output per feature layer."""
+def features_asset(name: str, shards_asset: str, split: str, description: str) -> list:
+    """One multi-asset (the extraction pass over ``shards_asset``, one output per feature layer) and its check."""
     outs = {layer: dg.AssetOut(key=dg.AssetKey(["features", name, layer]), kinds={"pytorch", "parquet"},
                                 description=f"{layer} features of {name} (docs/schema.md)")
             for layer in FEATURE_LAYERS}
@@ -82,7 +82,13 @@ def features_asset(name: str, shards_asset: str, split: str, description: str) -
                           "vector_length": record["vector_length"].get(layer, 0), "present": layer_dir.exists()},
             )
 
-    return _extract
+    @dg.asset_check(asset=dg.AssetKey(["features", name, "conv1"]), name="rows_match_images_x_channels", blocking=True)
+    def _rows(settings: ZFSettings) -> dg.AssetCheckResult:
+        """Every layer's activation table has images x channels rows (from the Parquet footers)."""
+        ok, message = mining.check_activation_counts(settings.record(f"features/{name}/conv1")["extraction"])
+        return dg.AssetCheckResult(passed=ok, description=message)
+
+    return [_extract, _rows]
 
 
 class MiningConfig(dg.Config):
@@ -122,22 +128,15 @@ def top9_complete(settings: ZFSettings) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(passed=ok, description=message)
 
 
-@dg.asset_check(asset=top9)
-def activation_rows(settings: ZFSettings) -> dg.AssetCheckResult:
-    """The activations table has images x channels rows for every layer."""
-    ok, message = mining.check_activation_counts(settings.record("top9")["extraction"])
-    return dg.AssetCheckResult(passed=ok, description=message)
-
-
 def feature_assets(settings: ZFSettings) -> list:
     defs = [
-        features_asset("imagenet_val", "imagenet_val_shards", "val", "Features of the validation set (top-9 mining, Fig. 8)."),
-        features_asset("caltech101", "caltech101_shards", "all", "Features of Caltech-101 (Tables 4, 7)."),
-        top9, top9_complete, activation_rows,
+        *features_asset("imagenet_val", "imagenet_val_shards", "val", "Features of the validation set (top-9 mining, Fig. 8)."),
+        *features_asset("caltech101", "caltech101_shards", "all", "Features of Caltech-101 (Tables 4, 7)."),
+        top9, top9_complete,
     ]
     if settings.caltech256_root:
-        defs.append(features_asset("caltech256", "caltech256_shards", "all", "Features of Caltech-256 (Tables 5, 7, Fig. 7)."))
+        defs += features_asset("caltech256", "caltech256_shards", "all", "Features of Caltech-256 (Tables 5, 7, Fig. 7).")
     if settings.voc2012_root:
-        defs.append(features_asset("voc2012_train", "voc2012_train_shards", "train", "Features of VOC 2012 train (Table 6)."))
-        defs.append(features_asset("voc2012_val", "voc2012_val_shards", "val", "Features of VOC 2012 val (Table 6)."))
+        defs += features_asset("voc2012_train", "voc2012_train_shards", "train", "Features of VOC 2012 train (Table 6).")
+        defs += features_asset("voc2012_val", "voc2012_val_shards", "val", "Features of VOC 2012 val (Table 6).")
     return defs

@@ -127,6 +127,17 @@ def zfnet_model(
     return record
 
 
+@dg.asset_check(asset=zfnet_model, blocking=True)
+def zfnet_model_learned(settings: ZFSettings) -> dg.AssetCheckResult:
+    """The checkpoint loads with weights_only=True and the network beats chance on the validation set."""
+    record = settings.record("zfnet_model")
+    model = checkpoint.load_model(record["checkpoint"])
+    err = float(record["final"]["val_center_top1_err"])
+    chance = 100.0 * (1 - 1 / model.config.num_classes)
+    return dg.AssetCheckResult(passed=err == err and err < chance,
+                               metadata={"val_top1_err": err, "chance_err": round(chance, 2)})
+
+
 class Table1Config(TrainingConfig):
     archs: list[str] = list(tables.TABLE1_LABELS)
 

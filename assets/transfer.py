@@ -89,7 +89,8 @@ def _publish(context: dg.AssetExecutionContext, settings: ZFSettings, name: str,
     context.add_output_metadata({"table": dg.MetadataValue.md(md), "parquet": dg.MetadataValue.path(str(paths[0])),
                                  "csv": dg.MetadataValue.path(str(paths[1]))})
     # A table is as new as the cached stages it summarizes: their fingerprints make its own.
-    return {"path": str(paths[0]), "csv": str(paths[1]), "markdown": md, "fingerprint": fingerprint(name, md, extra), **extra}
+    stages = {d: r["fingerprint"] for d, r in extra.get("stages", {}).items()}
+    return {"path": str(paths[0]), "csv": str(paths[1]), "markdown": md, "fingerprint": fingerprint(name, md, stages), **extra}
 
 
 def _check_runs(record: dict, layers: list[str], n_splits: int) -> dg.AssetCheckResult:

@@ -295,4 +295,24 @@ def atlas(context: dg.AssetExecutionContext, config: AtlasConfig, settings: ZFSe
     return record
 
 
-visualization_assets = [fig8, fig3, fig5, fig4, table3, atlas]
+def pngs_check(asset: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
+    """Every PNG the figure asset lists exists and decodes."""
+
+    @dg.asset_check(asset=asset, name="pngs_readable")
+    def _check(settings: ZFSettings) -> dg.AssetCheckResult:
+        record = settings.record(asset.key.to_user_string())
+        listed = record.get("pngs") or ([record["png"]] if "png" in record else [])
+        paths = list(listed.values()) if isinstance(listed, dict) else list(listed)
+        bad = []
+        for path in paths:
+            try:
+                with Image.open(path) as im:
+                    im.verify()
+            except (OSError, SyntaxError) as error:
+                bad.append(f"{path}: {error}")
+        return dg.AssetCheckResult(passed=bool(paths) and not bad, metadata={"pngs": len(paths), "unreadable": dg.MetadataValue.json(bad)})
+
+    return _check
+
+
+visualization_assets = [fig8, fig3, fig5, fig4, table3, atlas, *[pngs_check(a) for a in (fig8, fig3, fig5, fig4, table3)]]

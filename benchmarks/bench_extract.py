@@ -5,19 +5,23 @@ device work and what extraction adds to it (maxima, pooling, streaming top-k, de
 copies, Parquet writer threads), not image decoding. Goal on one H100: extraction >= 0.7 x forward.
 
     python benchmarks/bench_extract.py --device cuda                    # Krizhevsky's net, bf16, compiled
+    python benchmarks/bench_extract.py --device cuda --breakdown        # + the pass without writers / top-k
     python benchmarks/bench_extract.py --device cpu --size 64 --width 0.125 --images 256 --batch 32 --no-compile
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 
+from zf_pipeline import features
 from zf_pipeline.features import extract
 from zf_pipeline.models.zfnet import CONV_LAYERS, FEATURE_LAYERS, build, variant
 from zf_pipeline.train import kaiming_init
@@ -72,6 +76,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=51_200, help="images per timed pass")
     ap.add_argument("--amp", choices=["bf16", "fp16", "none"], default="bf16")
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--breakdown", action="store_true", help="also time the activations-only pass without writers / top-k")
     args = ap.parse_args()
 
     device = torch.device(args.device)
@@ -103,6 +108,16 @@ def main() -> None:
         for label, layers in configs.items():
             rate = extraction(model, inputs, steps, device, amp, compile, out, **layers)
             print(f"| {label} | {rate:,.0f} | {rate / base:.2f} |", flush=True)
+        if args.breakdown:  # where the time goes: the same activations-only pass with parts switched off
+            acts = configs["extract: activations + top-9 of conv1-5, no features"]
+            no_writers = mock.patch.object(features._Writers, "dispatch", lambda self, event, *_: event and event.synchronize())
+            no_topk = mock.patch.object(features.StreamingTopK, "update", lambda *_: None)
+            for label, patches in {"no Parquet writers": [no_writers], "no writers, no top-k": [no_writers, no_topk]}.items():
+                with contextlib.ExitStack() as stack:
+                    for patch in patches:
+                        stack.enter_context(patch)
+                    rate = extraction(model, inputs, steps, device, amp, compile, out, **acts)
+                print(f"| activations-only pass, {label} | {rate:,.0f} | {rate / base:.2f} |", flush=True)
     finally:
         shutil.rmtree(out, ignore_errors=True)
 

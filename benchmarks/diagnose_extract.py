@@ -3,8 +3,9 @@
     python benchmarks/diagnose_extract.py [--checkpoint last.pt --shards DIR --mean FILE --input-scale S]
 
 For a He-initialized Krizhevsky net on random inputs (and, given a checkpoint, for the first batches of
-a shard folder), runs ``features.layer_outputs`` eagerly and compiled, in float32 and under bf16
-autocast, and prints one line per (case, layer).
+a shard folder), runs the forward pass eagerly and compiled (``model.forward_layers``, compiled as
+``features.extract(compile=True)`` does) followed by ``features.summarize``, in float32 and under bf16
+autocast, and prints one line per (case, batch).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import argparse
 import torch
 
 from zf_pipeline.data.loader import load_mean, network_inputs, open_split
-from zf_pipeline.features import layer_outputs
+from zf_pipeline.features import summarize
 from zf_pipeline.models.checkpoint import load_model
 from zf_pipeline.models.zfnet import CONV_LAYERS, FEATURE_LAYERS, build, variant
 from zf_pipeline.train import kaiming_init
@@ -23,12 +24,12 @@ from zf_pipeline.train import kaiming_init
 def report(name: str, model, batches: list[torch.Tensor], compiled_modes: tuple[bool, ...]) -> None:
     layers = [n for n in FEATURE_LAYERS if n in model.layers]
     for compiled in compiled_modes:
-        fn = torch.compile(layer_outputs, dynamic=False) if compiled else layer_outputs
+        forward = torch.compile(model.forward_layers, dynamic=False) if compiled else model.forward_layers
         for amp in (None, torch.bfloat16):
             with torch.inference_mode(), torch.autocast("cuda", amp or torch.float32, enabled=amp is not None):
                 for i, x in enumerate(batches):
-                    acts = model.forward_layers(x, layers)
-                    value, _, vectors = fn(model, x, [n for n in layers if n in CONV_LAYERS], layers)
+                    acts = forward(x, tuple(layers))
+                    value, _, _ = summarize(model, acts, [n for n in layers if n in CONV_LAYERS], layers)
                     stats = " ".join(f"{n}:{a.float().abs().max().item():.3g}/{a.isnan().sum().item()}" for n, a in acts.items())
                     print(f"{name} compiled={compiled} amp={amp} batch {i}: value finite={value.isfinite().all().item()} "
                           f"max={value.float().max().item():.3g} | max|act|/nan {stats}", flush=True)

@@ -20,12 +20,15 @@ Everything is written inside a temporary folder renamed onto ``out_dir`` at the 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
+import os
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -65,10 +68,19 @@ ACTIVATION_WRITE_OPTIONS = dict(
     use_dictionary=["image_id", "label", "channel", "y", "x"],
     write_statistics=["label", "channel", "value"],
 )
-FEATURE_WRITE_OPTIONS = dict(compression="zstd", compression_level=3, use_dictionary=["image_id", "label", "split"])
+# The vectors dominate the bytes: no min/max statistics on them (nothing prunes on a vector value, and
+# they cost a third of the encoding time) and zstd level 1 (as small as level 3 on float16, 1.4x faster).
+FEATURE_WRITE_OPTIONS = dict(
+    compression="zstd",
+    compression_level=1,
+    use_dictionary=["image_id", "label", "split"],
+    write_statistics=["image_id", "label", "split"],
+)
 ACTIVATION_ROW_GROUP_ROWS = 1 << 20  # ~1M rows: enough row groups for DuckDB to scan in parallel
 FEATURE_ROW_GROUP_BYTES = 64 << 20
 ROW_GROUPS_PER_FILE = 64
+MAX_THREADS_PER_PARTITION = 4  # one Parquet encoder thread does ~15M activation rows/s: a GPU fills several
+PIPELINE_DEPTH = 2  # batches in flight on the device before the host waits for the oldest one's copies
 
 
 def feature_schema(length: int, dtype: pa.DataType = pa.float16()) -> pa.Schema:
@@ -83,17 +95,23 @@ def feature_schema(length: int, dtype: pa.DataType = pa.float16()) -> pa.Schema:
     )
 
 
+@functools.lru_cache(maxsize=64)
+def _row_index(n: int, channels: int) -> tuple[pa.Array, pa.Array]:
+    """The image index and channel columns of n x channels rows; cached, since every full row group has
+    the same n: the writer threads then hold the GIL (numpy's repeat/tile keep it) far less."""
+    return pa.array(np.repeat(np.arange(n, dtype=np.int32), channels)), pa.array(np.tile(np.arange(channels, dtype=np.int16), n))
+
+
 def activation_table(image_ids: Sequence[str], labels: np.ndarray, value: np.ndarray, y: np.ndarray, x: np.ndarray) -> pa.Table:
     """Rows of ``activations`` for ``n`` images x ``C`` channels, from [n, C] arrays (image-major)."""
     n, channels = value.shape
-    image = pa.DictionaryArray.from_arrays(
-        pa.array(np.repeat(np.arange(n, dtype=np.int32), channels)), pa.array(list(image_ids), pa.string())
-    )
+    image_index, channel = _row_index(n, channels)
     return pa.Table.from_arrays(
         [
-            image,
+            # safe=False: the indices are ours and in range; the check would hold the GIL over every row.
+            pa.DictionaryArray.from_arrays(image_index, pa.array(list(image_ids), pa.string()), safe=False),
             pa.array(np.repeat(labels.astype(np.int32), channels)),
-            pa.array(np.tile(np.arange(channels, dtype=np.int16), n)),
+            channel,
             pa.array(value.astype(np.float16, copy=False).ravel()),
             pa.array(y.astype(np.int16, copy=False).ravel()),
             pa.array(x.astype(np.int16, copy=False).ravel()),
@@ -109,8 +127,13 @@ class PartitionWriter:
     buffered until a row group is full, so row groups stay large however small the batches are.
     """
 
-    def __init__(self, root: Path, layer: str, rows_per_image: int, row_group_rows: int, make_table, schema, options: dict):
+    def __init__(
+        self, root: Path, layer: str, rows_per_image: int, row_group_rows: int, make_table, schema, options: dict,
+        first_file: int = 0, file_step: int = 1,
+    ):
         self.dir = root / f"layer={layer}"
+        # Several writers of one partition number their files first_file, first_file + file_step, ...
+        self.first_file, self.file_step = first_file, file_step
         self.dir.mkdir(parents=True, exist_ok=True)
         self.images_per_group = max(1, row_group_rows // rows_per_image)
         self.make_table, self.schema, self.options = make_table, schema, options
@@ -143,7 +166,7 @@ class PartitionWriter:
         if self.writer is None or self.groups_in_file >= ROW_GROUPS_PER_FILE:
             if self.writer is not None:
                 self.writer.close()
-            path = self.dir / f"part-{self.files:05d}.parquet"
+            path = self.dir / f"part-{self.first_file + self.files * self.file_step:05d}.parquet"
             self.writer = pq.ParquetWriter(path, self.schema, **self.options)
             self.files += 1
             self.groups_in_file = 0
@@ -205,7 +228,7 @@ class ExtractionSummary:
     seconds: float = 0.0
 
     @classmethod
-    def load(cls, root: str | Path) -> "ExtractionSummary":
+    def load(cls, root: str | Path) -> ExtractionSummary:
         path = Path(root) / SUMMARY_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no extraction summary; expected a folder written by zf_pipeline.features.extract")
@@ -233,6 +256,13 @@ def words_to_ids(words: np.ndarray) -> list[str]:
     b = (words[..., None] >> (8 * np.arange(6, -1, -1, dtype=np.int64))) & 0xFF
     raw = b.astype(np.uint8).reshape(len(words), -1)
     return [bytes(r).rstrip(b"\0").decode() for r in raw]
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a host tensor without stalling the host: from pageable memory CUDA may sync the stream first."""
+    if device.type == "cuda" and t.device.type == "cpu" and not t.is_pinned():
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
 
 
 def _lexsort_rows(keys: list[tuple[torch.Tensor, bool]]) -> torch.Tensor:
@@ -269,8 +299,8 @@ class StreamingTopK:
             self.words = words
         rank = np.empty(n, dtype=np.int64)
         rank[np.argsort(np.array(image_ids, dtype=object), kind="stable")] = np.arange(n)
-        rank_t = torch.from_numpy(rank).to(self.device, non_blocking=True)
-        ids_t = torch.from_numpy(id_words(image_ids, words)).to(self.device, non_blocking=True)
+        rank_t = _to_device(torch.from_numpy(rank), self.device)
+        ids_t = _to_device(torch.from_numpy(id_words(image_ids, words)), self.device)
         v = value.float()
         key = (_orderable(v) << 32) + (0xFFFFFFFF - rank_t)[:, None]
         top = torch.topk(key, min(self.k, n), dim=0).indices.T  # [maps, k']
@@ -323,11 +353,30 @@ def layer_outputs(
     ``pos`` [N, maps] (int32, y * width + x of the first maximum) and ``{layer: vector [N, length]}``.
     """
     acts = model.forward_layers(images, list(dict.fromkeys([*activation_layers, *feature_layers])))
+    return summarize(model, acts, activation_layers, feature_layers, grid)
+
+
+def _map_maxima(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Max and flat position (y * width + x, the first one on ties) of every map of a [N, C, H, W] or [N, C] batch."""
+    if a.dim() == 2:  # an fc unit is a 1x1 map
+        return a, torch.zeros_like(a, dtype=torch.long)
+    if a.is_contiguous(memory_format=torch.channels_last):
+        # [N, H*W, C] is a view of channels_last memory: reducing over dim 1 needs no transposed copy.
+        return a.permute(0, 2, 3, 1).flatten(1, 2).max(dim=1)
+    return a.flatten(2).max(dim=2)
+
+
+def summarize(
+    model: ZFNet, acts: dict[str, torch.Tensor], activation_layers: Sequence[str], feature_layers: Sequence[str], grid: int = CONV_FEATURE_GRID
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """:func:`layer_outputs` from the activations ``acts`` of one batch (``model.forward_layers``'s result).
+
+    Kept apart from the forward pass so that only the forward is compiled: the reductions stay eager,
+    where their tie-breaking (first maximum) is documented.
+    """
     values, positions = [], []
     for name in activation_layers:
-        a = acts[name]
-        flat = a.flatten(2) if a.dim() == 4 else a.unsqueeze(2)  # an fc unit is a 1x1 map
-        v, p = flat.max(dim=2)  # ties: the first position, like numpy argmax
+        v, p = _map_maxima(acts[name])
         values.append(v)
         positions.append(p)
     vectors = {}
@@ -336,8 +385,9 @@ def layer_outputs(
         if a.dim() == 4:
             a = model.pool5(a) if name == "conv5" else F.adaptive_max_pool2d(a, grid)
         vectors[name] = a.flatten(1).to(torch.float16)
-    value = torch.cat(values, dim=1).to(torch.float16) if values else images.new_zeros((len(images), 0), dtype=torch.float16)
-    pos = torch.cat(positions, dim=1).int() if positions else images.new_zeros((len(images), 0), dtype=torch.int32)
+    first = next(iter(acts.values()))
+    value = torch.cat(values, dim=1).to(torch.float16) if values else first.new_zeros((len(first), 0), dtype=torch.float16)
+    pos = torch.cat(positions, dim=1).int() if positions else first.new_zeros((len(first), 0), dtype=torch.int32)
     return value, pos, vectors
 
 
@@ -346,7 +396,7 @@ def _layer_shapes(model: ZFNet, sample: torch.Tensor, act_layers: Sequence[str],
     names = list(dict.fromkeys([*act_layers, *feature_layers]))
     with torch.inference_mode():
         acts = model.forward_layers(sample[:1], names)
-        _, _, vectors = layer_outputs(model, sample[:1], [], feature_layers)
+        _, _, vectors = summarize(model, acts, [], feature_layers)
     shapes = {}
     for name in names:
         s = acts[name].shape
@@ -388,14 +438,20 @@ def extract(
     missing = [name for name in dict.fromkeys([*layers, *act_layers]) if name not in model.layers]
     if missing:
         raise KeyError(f"layers {missing} are not in this network (it has {list(model.layers)})")
+    names = tuple(dict.fromkeys([*act_layers, *layers]))
+    if not names:
+        raise ValueError("no layers: give `layers` and/or `activation_layers`")
     model = model.eval().to(device)
-    step = torch.compile(layer_outputs, dynamic=False) if compile else layer_outputs
+    # Only the forward pass is compiled (once per layer tuple); the reductions of summarize stay eager.
+    forward = torch.compile(model.forward_layers, dynamic=False) if compile else model.forward_layers
     started = last_log = time.monotonic()
     seen: set[str] = set()
     with atomic_path(out_dir) as tmp:
         writers: _Writers | None = None
         topk: StreamingTopK | None = None
-        pending = None  # the previous batch's host copies, handed to the writers while the device runs this one
+        # Batches whose device-to-host copies are queued; the host waits for the oldest only when
+        # PIPELINE_DEPTH are in flight, so the device always has the next batch's work queued.
+        pending: deque = deque()
         try:
             for images, labels, image_ids in batches:
                 image_ids = list(image_ids)
@@ -407,26 +463,32 @@ def extract(
                     maps = sum(summary.layers[n].channels for n in act_layers)
                     topk = StreamingTopK(maps, k, device) if maps else None
                     finite = torch.ones((), dtype=torch.bool, device=device)
+                    # Map width per activations column: y and x are split off on the device, where the
+                    # integer division is free (on the host it was the writers' largest cost).
+                    widths = torch.tensor([summary.layers[n].width for n in act_layers for _ in range(summary.layers[n].channels)],
+                                          dtype=torch.int32, device=device)
                 with torch.inference_mode():
                     with torch.autocast(device.type, autocast or torch.float32, enabled=autocast is not None):
-                        value, pos, vectors = step(model, images, act_layers, layers)
+                        value, pos, vectors = summarize(model, forward(images, names), act_layers, layers)
                     # Checked once at the end: a check per batch would make the host wait for the device.
                     finite = finite & torch.isfinite(value).all()
                     if topk is not None:
-                        topk.update(value, pos, labels.to(device, non_blocking=True), image_ids)
-                    host = [t.to("cpu", non_blocking=True) for t in (value, pos, *vectors.values())]
+                        topk.update(value, pos, _to_device(labels, device), image_ids)
+                    y = torch.div(pos, widths, rounding_mode="floor")
+                    x = pos - y * widths
+                    host = [t.to("cpu", non_blocking=True) for t in (labels, value, y.short(), x.short(), *vectors.values())]
                 event = torch.cuda.Event() if device.type == "cuda" else None
                 if event is not None:
                     event.record()
-                if pending is not None:
-                    writers.dispatch(*pending)
-                pending = (event, image_ids, labels.cpu().numpy(), host)
+                pending.append((event, image_ids, host))
+                if len(pending) > PIPELINE_DEPTH:
+                    writers.dispatch(*pending.popleft())
                 summary.images += len(image_ids)
                 if time.monotonic() - last_log >= 10:
                     last_log = time.monotonic()
                     log.info("extraction of %r: %d images, %.0f img/s", split, summary.images, summary.images / (last_log - started))
-            if pending is not None:
-                writers.dispatch(*pending)
+            while pending:
+                writers.dispatch(*pending.popleft())
         finally:
             if writers is not None:
                 writers.close()
@@ -460,38 +522,44 @@ def _check_batch(images: torch.Tensor, labels: torch.Tensor, image_ids: list[str
 
 
 class _Writers:
-    """The writer threads of one pass: one per activations partition, one per features partition."""
+    """The writer threads of one pass: for every activations and features partition, one or more threads,
+    each with its own files, taking whole batches in turn (so row order inside a file stays image order)."""
 
     def __init__(self, root: Path, summary: ExtractionSummary, row_group_rows: int):
-        self.activations: list[tuple[_WriterThread, slice]] = []
+        acts = [summary.layers[name] for name in summary.activation_layers]
+        feats = [summary.layers[name] for name in summary.feature_layers]
+        # The cores are shared by the encoding work per image: an activations row costs about 5x a vector value.
+        costs = [5 * info.channels for info in acts] + [info.vector_length for info in feats]
+        cores = os.cpu_count() or 1
+        counts = iter([max(1, min(MAX_THREADS_PER_PARTITION, round(cores * c / sum(costs)))) for c in costs])
+        self.activations: list[tuple[list[_WriterThread], slice]] = []
         column = 0
-        for name in summary.activation_layers:
-            info = summary.layers[name]
-            writer = PartitionWriter(
-                root / "activations", name, info.channels, row_group_rows, _activation_rows(info.width), ACTIVATION_SCHEMA, ACTIVATION_WRITE_OPTIONS
+        for name, info in zip(summary.activation_layers, acts):
+            threads = _start(
+                next(counts), root / "activations", name, info.channels, row_group_rows, activation_table, ACTIVATION_SCHEMA, ACTIVATION_WRITE_OPTIONS
             )
-            self.activations.append((_WriterThread(writer), slice(column, column + info.channels)))
+            self.activations.append((threads, slice(column, column + info.channels)))
             column += info.channels
-        self.features: list[_WriterThread] = []
-        for name in summary.feature_layers:
-            length = summary.layers[name].vector_length
-            schema = feature_schema(length)
-            rows = max(1, FEATURE_ROW_GROUP_BYTES // (2 * length))
-            writer = PartitionWriter(root / "features", name, 1, rows, _feature_rows(summary.split, schema), schema, FEATURE_WRITE_OPTIONS)
-            self.features.append(_WriterThread(writer))
-        self.threads = [t for t, _ in self.activations] + self.features
-        for t in self.threads:
-            t.start()
+        self.features: list[list[_WriterThread]] = []
+        for name, info in zip(summary.feature_layers, feats):
+            schema = feature_schema(info.vector_length)
+            rows = max(1, FEATURE_ROW_GROUP_BYTES // (2 * info.vector_length))
+            make = _feature_rows(summary.split, schema)
+            self.features.append(_start(next(counts), root / "features", name, 1, rows, make, schema, FEATURE_WRITE_OPTIONS))
+        self.threads = [t for threads, _ in self.activations for t in threads] + [t for threads in self.features for t in threads]
+        self.batches = 0
 
-    def dispatch(self, event, image_ids: list[str], labels: np.ndarray, host: list[torch.Tensor]) -> None:
-        """Hand one batch's host copies to the writers once its device-to-host copies are done."""
+    def dispatch(self, event, image_ids: list[str], host: list[torch.Tensor]) -> None:
+        """Hand one batch's host copies (labels, value, y, x, *vectors) to the writers once its copies are done."""
         if event is not None:
             event.synchronize()
-        value, pos, *vectors = (t.numpy() for t in host)
-        for t, columns in self.activations:
-            t.put((image_ids, labels, value[:, columns], pos[:, columns]))
-        for t, vector in zip(self.features, vectors):
-            t.put((image_ids, labels, vector))
+        labels, value, y, x, *vectors = (t.numpy() for t in host)
+        turn = self.batches
+        self.batches += 1
+        for threads, columns in self.activations:
+            threads[turn % len(threads)].put((image_ids, labels, value[:, columns], y[:, columns], x[:, columns]))
+        for threads, vector in zip(self.features, vectors):
+            threads[turn % len(threads)].put((image_ids, labels, vector))
 
     def close(self) -> None:
         """Drain the queues, close the files; raise the first writer error."""
@@ -505,14 +573,18 @@ class _Writers:
 
     @property
     def activation_rows(self) -> int:
-        return sum(t.writer.rows for t, _ in self.activations)
+        return sum(t.writer.rows for threads, _ in self.activations for t in threads)
 
 
-def _activation_rows(width: int):
-    def make(ids: list[str], labels: np.ndarray, value: np.ndarray, pos: np.ndarray) -> pa.Table:
-        return activation_table(ids, labels, value, pos // width, pos % width)
-
-    return make
+def _start(n: int, root: Path, layer: str, rows_per_image: int, row_group_rows: int, make_table, schema, options: dict) -> list[_WriterThread]:
+    """``n`` running writer threads of one partition; thread i writes files i, i + n, i + 2n, ..."""
+    threads = [
+        _WriterThread(PartitionWriter(root, layer, rows_per_image, row_group_rows, make_table, schema, options, first_file=i, file_step=n))
+        for i in range(n)
+    ]
+    for t in threads:
+        t.start()
+    return threads
 
 
 def _feature_rows(split: str, schema: pa.Schema):
@@ -520,9 +592,9 @@ def _feature_rows(split: str, schema: pa.Schema):
         n, length = vector.shape
         return pa.Table.from_arrays(
             [
-                pa.DictionaryArray.from_arrays(pa.array(np.arange(n, dtype=np.int32)), pa.array(ids, pa.string())),
+                pa.DictionaryArray.from_arrays(pa.array(np.arange(n, dtype=np.int32)), pa.array(ids, pa.string()), safe=False),
                 pa.array(labels.astype(np.int32)),
-                pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int8)), pa.array([split])),
+                pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int8)), pa.array([split]), safe=False),
                 pa.FixedSizeListArray.from_arrays(pa.array(vector.ravel()), length),
             ],
             schema=schema,
@@ -665,7 +737,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "merge":
         merge_parts(args.out)
         return
-    rank, world, local = (int(os.environ.get(k, 0)) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    rank, world, local = (int(os.environ.get(k, "0")) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
     world = world or 1
     device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
     model = load_model(args.checkpoint, device)

@@ -107,29 +107,32 @@ def occlusion_sensitivity(
     tops = torch.as_tensor(np.stack([grid_x.ravel(), grid_y.ravel()], 1), device=device)
     boxes = torch.cat([tops, tops + size], 1)
 
+    # The unoccluded image rides in the first batch as copy 0 (an empty box), and every map's total is
+    # kept until the end: the host never waits for the device before the last batch is queued.
+    boxes = torch.cat([boxes.new_zeros((1, 4)), boxes])
     with evaluating(model), torch.no_grad():
-        out = model.forward_layers(image[None], [layer, "fc8"])
-        base_maps, base_probs = out[layer][0].float(), out["fc8"][0].float().softmax(0)
-        # "Strongest response": the map with the largest maximum, as the top-9 mining ranks maps.
-        channel = int(base_maps.flatten(1).max(1).values.argmax())
-        activity, probs, tops_label = [], [], []
+        totals, probs = [], []
         for start in range(0, len(boxes), batch_size):
             out = model.forward_layers(occlude(image, boxes[start : start + batch_size], fill), [layer, "fc8"])
-            activity.append(out[layer][:, channel].float().sum((1, 2)))
-            p = out["fc8"].float().softmax(1)
-            probs.append(p[:, label])
-            tops_label.append(p.argmax(1))
-            logger.debug("occlusion: %d/%d positions", min(start + batch_size, len(boxes)), len(boxes))
+            if start == 0:
+                base_maps = out[layer][0].float()
+            totals.append(out[layer].float().sum((2, 3)))
+            probs.append(out["fc8"].float().softmax(1))
+            logger.debug("occlusion: %d/%d positions", min(start + batch_size, len(boxes)) - 1, len(boxes) - 1)
+        totals, probs = torch.cat(totals), torch.cat(probs)
+        # "Strongest response": the map with the largest maximum, as the top-9 mining ranks maps.
+        channel = int(base_maps.flatten(1).max(1).values.argmax())
     unit = divmod(int(base_maps[channel].argmax()), base_maps.shape[-1])
     projection = project(model, image[None], layer, [channel], [unit[0]], [unit[1]], norm=norm)[0]
+    activity, base_probs = totals[:, channel], probs[0]
 
-    def grid(parts: list[torch.Tensor]) -> np.ndarray:
-        return torch.cat(parts).cpu().numpy().reshape(len(ys), len(xs))
+    def grid(values: torch.Tensor) -> np.ndarray:
+        return values[1:].cpu().numpy().reshape(len(ys), len(xs))
 
     return OcclusionResult(
         label=label, layer=layer, channel=channel, size=size, ys=ys, xs=xs,
-        map_activity=grid(activity), true_prob=grid(probs), top_label=grid(tops_label),
-        base_activity=float(base_maps[channel].sum()), base_prob=float(base_probs[label]),
+        map_activity=grid(activity), true_prob=grid(probs[:, label]), top_label=grid(probs.argmax(1)),
+        base_activity=float(activity[0]), base_prob=float(base_probs[label]),
         base_label=int(base_probs.argmax()), unit=unit, projection=projection.float().cpu().numpy(),
     )
 
