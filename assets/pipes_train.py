@@ -1,9 +1,11 @@
 """The training entry point as a Dagster Pipes subprocess: ``python -m assets.pipes_train <train flags>``.
 
 The same flags as ``python -m zf_pipeline.train``; progress goes to the parent's logs and the final
-errors come back as materialization metadata. Any Pipes client (subprocess, Kubernetes, ...) can run it.
+errors are logged back (the asset reads the run folder's result.json). Any Pipes client (subprocess,
+Kubernetes, ...) can run it.
 """
 
+import json
 import logging
 import sys
 
@@ -16,8 +18,7 @@ def main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     with open_dagster_pipes() as pipes:
         result = train(parse_args(argv))
-        pipes.log.info(f"finished {result.out}")
-        pipes.report_asset_materialization(metadata={k: v for k, v in result.final.items() if isinstance(v, (int, float))})
+        pipes.log.info(f"finished {result.out}: {json.dumps(result.final)}")
 
 
 if __name__ == "__main__":

@@ -117,14 +117,14 @@ def zfnet_model(
     imagenet_train_shards: dict,
     imagenet_val_shards: dict,
     pixel_mean_image: dict,
-) -> dict:
+) -> dg.Output[dict]:
     """The paper's model (Fig. 2 / Table 1 "Our model") trained as in section 3.1, with per-epoch
     checkpoints (those of Fig. 3's epochs kept), metrics and the learning curve."""
     cfg = train_config(settings, config, imagenet_train_shards["path"], imagenet_val_shards["path"], pixel_mean_image["file"])
     upstream = [imagenet_train_shards["fingerprint"], imagenet_val_shards["fingerprint"], pixel_mean_image["fingerprint"]]
     record = run_training(context, settings, cfg, upstream, config.launcher, dg.PipesSubprocessClient())
-    context.add_output_metadata(_training_metadata(record))
-    return record
+    # An explicit Output: after a Pipes session Dagster expects events rather than a bare value.
+    return dg.Output(record, metadata=_training_metadata(record))
 
 
 @dg.asset_check(asset=zfnet_model, blocking=True)

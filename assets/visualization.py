@@ -266,10 +266,10 @@ class AtlasConfig(dg.Config):
 
 
 @dg.asset(group_name="visualization", kinds={"html", "pytorch"}, code_version=code_version(atlas_site, render, deconv),
-          ins={**UPSTREAM, "fig3": dg.AssetIn("fig3"), "fig4": dg.AssetIn("fig4"), "fig5": dg.AssetIn("fig5"),
+          ins={**UPSTREAM, "fig8": dg.AssetIn("fig8"), "fig3": dg.AssetIn("fig3"), "fig4": dg.AssetIn("fig4"), "fig5": dg.AssetIn("fig5"),
                "table3": dg.AssetIn("table3"), "table7": dg.AssetIn("table7")})
 def atlas(context: dg.AssetExecutionContext, config: AtlasConfig, settings: ZFSettings, top9: dict, model: dict, val: dict,
-          mean: dict, fig3: dict, fig4: dict, fig5: dict, table3: dict, table7: dict) -> dict:
+          mean: dict, fig8: dict, fig3: dict, fig4: dict, fig5: dict, table3: dict, table7: dict) -> dict:
     """A static HTML atlas of the trained network (opens from disk, no server): per layer every feature
     map's top-9 deconvnet projections and image patches (section 4, Fig. 8), its evolution over training
     (Fig. 3), the occlusion and invariance figures (Figs. 4, 5), Table 3 and the transfer tables."""
@@ -279,7 +279,9 @@ def atlas(context: dg.AssetExecutionContext, config: AtlasConfig, settings: ZFSe
         rows = pq.read_table(top9["file"])
         images, _ = vis.lookup(set(rows["image_id"].to_pylist()))
         extras = atlas_site.AtlasExtras(
-            layer_figures={layer: {"Fig. 3: evolution over training": png} for layer, png in fig3["pngs"].items()},
+            layer_figures={layer: {"Fig. 8: top-9 projections of sampled maps": fig8["pngs"][layer],
+                                   "Fig. 3: evolution over training": fig3["pngs"][layer]}
+                           for layer in fig3["pngs"] if layer in fig8["pngs"]},
             figures={**{f"Fig. 5: occlusion, image {i + 1}": png for i, png in enumerate(fig5["pngs"])},
                      "Fig. 4: invariance": fig4["png"], "Table 3: correspondence": table3["png"]},
             tables={"Table 7": table7["markdown"]},
@@ -288,7 +290,7 @@ def atlas(context: dg.AssetExecutionContext, config: AtlasConfig, settings: ZFSe
                                        maps=config.maps or None, extras=extras, norm=config.norm)
         return {"index": str(index)}
 
-    upstream = [top9, model, fig3, fig4, fig5, table3, table7]
+    upstream = [top9, model, fig8, fig3, fig4, fig5, table3, table7]
     record = cached_stage(settings.out, "atlas", [code_version(atlas_site, render, deconv), config.model_dump(),
                                                   *[u["fingerprint"] for u in upstream]], build, context.log.info)
     context.add_output_metadata({**record_md(record), "index": dg.MetadataValue.url(f"file://{record['index']}")})

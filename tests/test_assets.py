@@ -12,6 +12,7 @@ import assets
 from assets.cache import cached_stage, fingerprint
 from assets.data import pixel_mean_image, source_images
 from assets.resources import JsonIOManager, ZFSettings
+from assets.training import zfnet_model
 
 TINY_DEMO = {"train_per_class": 6, "val_per_class": 5, "target_per_class": 4}
 
@@ -69,3 +70,21 @@ def test_demo_chain_materializes_and_second_run_is_a_cache_hit(tmp_path):
     assert second.success
     again = json.loads((settings.out / "_records" / "imagenet_train_shards.json").read_text())
     assert again["cached"] and again["path"] == record["path"]
+
+
+@pytest.mark.slow
+def test_training_through_dagster_pipes_subprocess(tmp_path):
+    """``launcher: pipes`` trains in a subprocess (python -m assets.pipes_train) and the asset reads its run folder."""
+    settings = ZFSettings(output_root=str(tmp_path / "outputs"), device="cpu")
+    resources = {"settings": settings, "io_manager": JsonIOManager(base_dir=str(settings.out / "_records"))}
+    train_shards = assets.data.shard_asset("imagenet_train_shards", "imagenet", "train", "train")[0]
+    val_shards = assets.data.shard_asset("imagenet_val_shards", "imagenet", "val", "val")[0]
+    selection = [source_images, train_shards, val_shards, pixel_mean_image, zfnet_model]
+    config = dg.RunConfig({
+        "source_images": {"config": TINY_DEMO},
+        "zfnet_model": {"config": {"launcher": "pipes", "epochs": 1, "width": 0.125, "batch_size": 16}},
+    })
+    assert dg.materialize(selection, resources=resources, run_config=config).success
+    record = json.loads((settings.out / "_records" / "zfnet_model.json").read_text())
+    assert Path(record["checkpoint"]).is_file() and record["final"]["epochs"] == 1
+    assert record["final"]["val_center_n"] == 10 * TINY_DEMO["val_per_class"]
