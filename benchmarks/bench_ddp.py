@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from zf_pipeline.data.loader import crop_draws, crop_flip, load_mean, make_source, open_split
+from zf_pipeline.data.loader import crop_draws, crop_flip, endless, load_mean, make_source, open_split
 from zf_pipeline.models import build, variant
 from zf_pipeline.train import kaiming_init, make_step
 
@@ -49,15 +49,10 @@ def main() -> None:
     mean = load_mean(args.mean, split.size).to(dev)
     src = make_source(split, args.batch, shuffle=True, mode="cache", rank=rank, world_size=world, device=dev)
     gen = torch.Generator().manual_seed(rank)
-    state = {"it": iter(()), "epoch": 0}
+    batches = endless(src)
 
     def one() -> None:
-        try:
-            images, labels = next(state["it"])
-        except StopIteration:
-            state["epoch"] += 1
-            state["it"] = src.epoch(state["epoch"])
-            images, labels = next(state["it"])
+        images, labels = next(batches)
         step(augment(images, mean, crop_draws(len(images), split.size, 224, gen, dev), 224), labels)
 
     for _ in range(args.warmup):

@@ -21,7 +21,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from zf_pipeline.data.loader import crop_draws, crop_flip, load_mean, make_source, open_split
+from zf_pipeline.data.loader import crop_draws, crop_flip, endless, load_mean, make_source, open_split
 from zf_pipeline.models import build, variant
 from zf_pipeline.train import kaiming_init, make_step
 
@@ -93,15 +93,10 @@ def bench(arch: str, args) -> list[dict]:
         src = make_source(split, b, shuffle=True, mode=kind, num_workers=args.workers, device=dev,
                           cpu_fraction=float(frac or 0.5))
         setup_s = time.perf_counter() - t0
-        state = {"it": iter(()), "epoch": 0}
+        batches = endless(src)
 
         def e2e() -> None:
-            try:
-                images, labels = next(state["it"])
-            except StopIteration:
-                state["epoch"] += 1
-                state["it"] = src.epoch(state["epoch"])
-                images, labels = next(state["it"])
+            images, labels = next(batches)
             draws = crop_draws(len(images), images.shape[-1], 224, gen, dev)
             if how in fused:
                 fused[how](images, labels, draws)

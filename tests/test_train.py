@@ -250,3 +250,16 @@ def test_tables_put_the_papers_numbers_beside_ours(tmp_path):
     assert "38.3" in md and "39.0" in md and md.count("\n") >= 3
     t2, md2 = table2({"val_top1_err": 20.0, "val_top5_err": 5.0}, {"val_top1_err": 18.0, "val_top5_err": 4.0, "models": 5})
     assert len(t2) >= 4 and "36.6" in md2 and "18.0" in md2
+
+
+def test_endless_runs_epoch_after_epoch():
+    from itertools import islice
+
+    from zf_pipeline.data.loader import endless
+
+    class TwoBatches:
+        def epoch(self, epoch: int):
+            yield epoch, "a"
+            yield epoch, "b"
+
+    assert list(islice(endless(TwoBatches()), 5)) == [(1, "a"), (1, "b"), (2, "a"), (2, "b"), (3, "a")]

@@ -440,3 +440,11 @@ def network_inputs(
 
     for images, labels, ids in labelled_batches(split, batch_size, device):
         yield eval_crops(images, mean, crop, "center", scale)[0], labels, ids
+
+
+def endless(source: ShardStream | DecodedCache) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The batches of ``source``, epoch 1, 2, ... without end: for timing a fixed number of steps."""
+    epoch = 0
+    while True:
+        epoch += 1
+        yield from source.epoch(epoch)
