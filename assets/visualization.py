@@ -51,14 +51,12 @@ class ValImages:
             seen += keep
             yield x[:keep], y[:keep], ids[:keep]
 
-    def lookup(self, image_ids: set[str] | None = None, limit: int | None = None) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
-        """image_id -> input tensor (CPU) and image_id -> label, for ``image_ids`` (or the first ``limit``)."""
-        images, labels = {}, {}
-        for x, y, ids in self.batches(limit=limit):
-            for xi, yi, i in zip(x.cpu(), y.tolist(), ids):
-                if image_ids is None or i in image_ids:
-                    images[i], labels[i] = xi, yi
-        return images, labels
+    def lookup(self, image_ids: set[str]) -> dict[str, torch.Tensor]:
+        """image_id -> input tensor (CPU), for ``image_ids``."""
+        images = {}
+        for x, _, ids in self.batches():
+            images.update((i, xi) for xi, i in zip(x.cpu(), ids) if i in image_ids)
+        return images
 
     def rgb(self, x: torch.Tensor) -> torch.Tensor:
         return render.image_to_rgb(x.cpu().float(), self.display_mean)
@@ -85,7 +83,7 @@ def fig8(context: dg.AssetExecutionContext, config: Fig8Config, settings: ZFSett
     def build(out: Path) -> dict:
         vis = ValImages(settings, model, val, mean)
         rows = pq.read_table(top9["file"]).to_pylist()
-        images, _ = vis.lookup({r["image_id"] for r in rows})
+        images = vis.lookup({r["image_id"] for r in rows})
         paths = render.render_fig8(vis.net, rows, images, out, [l for l in config.layers if l in vis.net.layers],
                                    config.maps or None, config.seed, config.norm, vis.display_mean)
         return {"pngs": {k: str(v) for k, v in paths.items()}}
@@ -239,7 +237,7 @@ def table3(context: dg.AssetExecutionContext, config: Table3Config, settings: ZF
 def _part_images(vis: ValImages, parts: correspondence.PartsConfig) -> tuple[torch.Tensor, list[tuple[int, int]]]:
     """The parts config's images as network inputs, and each original file's (width, height)."""
     by_id = {img.key for img in parts.images if not img.is_path}
-    found, _ = vis.lookup(by_id) if by_id else ({}, {})
+    found = vis.lookup(by_id) if by_id else {}
     manifest = shards.load_manifest(vis.split.root).select(["image_id", "source"]).to_pydict()
     sources = dict(zip(manifest["image_id"], manifest["source"]))
     inputs, sizes = [], []
@@ -277,7 +275,7 @@ def atlas(context: dg.AssetExecutionContext, config: AtlasConfig, settings: ZFSe
     def build(out: Path) -> dict:
         vis = ValImages(settings, model, val, mean)
         rows = pq.read_table(top9["file"])
-        images, _ = vis.lookup(set(rows["image_id"].to_pylist()))
+        images = vis.lookup(set(rows["image_id"].to_pylist()))
         extras = atlas_site.AtlasExtras(
             layer_figures={layer: {"Fig. 8: top-9 projections of sampled maps": fig8["pngs"][layer],
                                    "Fig. 3: evolution over training": fig3["pngs"][layer]}

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import tarfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,11 +30,9 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision.io import ImageReadMode, decode_jpeg
 
+from zf_pipeline.data.shards import ShardFormatError, iter_shard
+
 log = logging.getLogger(__name__)
-
-
-class ShardFormatError(ValueError):
-    """A shard folder or file does not follow the shard format contract; the message names the file."""
 
 
 @dataclass(frozen=True)
@@ -76,33 +73,6 @@ def load_mean(path: str | Path, size: int | None = None) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(mean.transpose(2, 0, 1), dtype=np.float32))
 
 
-def read_shard(path: Path) -> Iterator[tuple[str, bytes, int]]:
-    """(key, JPEG bytes, class index) for each sample of one tar shard, in file order."""
-    sample: dict[str, bytes] = {}
-    key = None
-    try:
-        with tarfile.open(path, "r|") as tar:  # streaming: one sequential read of the file
-            for member in tar:
-                if not member.isfile():
-                    continue
-                k, _, ext = member.name.partition(".")
-                if key is not None and k != key:
-                    yield _sample(path, key, sample)
-                    sample = {}
-                key = k
-                sample[ext] = tar.extractfile(member).read()
-    except tarfile.TarError as e:
-        raise ShardFormatError(f"{path}: not a readable tar shard: {e}") from e
-    if key is not None:
-        yield _sample(path, key, sample)
-
-
-def _sample(path: Path, key: str, sample: dict[str, bytes]) -> tuple[str, bytes, int]:
-    if "jpg" not in sample or "cls" not in sample:
-        raise ShardFormatError(f"{path}: sample {key} has members {sorted(sample)}; expected jpg and cls")
-    return key, sample["jpg"], int(sample["cls"])
-
-
 def epoch_seed(seed: int, epoch: int, *parts: int) -> int:
     """One RNG seed per (seed, epoch, rank, worker, ...): every epoch reshuffles, reproducibly."""
     return hash((seed, epoch, *parts)) & 0x7FFF_FFFF
@@ -131,11 +101,11 @@ class _Samples(IterableDataset):
         buf: list = []
         n = 0
         for shard in shards[wid::nw]:
-            for _, data, label in read_shard(shard):
+            for sample in iter_shard(shard):
                 # Decode on the CPU for the samples where (n+1)*f crosses an integer: exactly a fraction f.
                 decode = int((n + 1) * self.cpu_fraction) > int(n * self.cpu_fraction)
                 n += 1
-                item = (self._image(data, decode), label)
+                item = (self._image(sample.jpeg, decode), sample.label)
                 if not self.shuffle:
                     yield item
                     continue
@@ -304,7 +274,7 @@ def decode_jpegs_cuda(raw: list[torch.Tensor], device: torch.device) -> torch.Te
 def decode_split(split: Split, device: torch.device, threads: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     """All images of a split as (uint8 N x 3 x S x S, int64 labels) on ``device``, in the split's order."""
     with ThreadPoolExecutor(threads) as pool:
-        per_shard = list(pool.map(lambda s: list(read_shard(s)), split.shards))
+        per_shard = list(pool.map(lambda s: [(x.key, x.jpeg, x.label) for x in iter_shard(s)], split.shards))
     samples = [s for shard in per_shard for s in shard]
     out = torch.empty((len(samples), 3, split.size, split.size), dtype=torch.uint8, device=device)
     chunk = 1024
@@ -404,8 +374,8 @@ def labelled_batches(
     def chunks() -> Iterator[list[tuple[str, bytes, int]]]:
         chunk: list[tuple[str, bytes, int]] = []
         for shard in split.shards:
-            for key, data, label in read_shard(shard):
-                chunk.append((ids[(shard.name, key)], data, label))
+            for sample in iter_shard(shard):
+                chunk.append((ids[(shard.name, sample.key)], sample.jpeg, sample.label))
                 if len(chunk) == batch_size:
                     yield chunk
                     chunk = []

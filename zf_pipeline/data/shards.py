@@ -66,6 +66,10 @@ MANIFEST_SCHEMA = pa.schema(
 SKIPPED_SCHEMA = pa.schema([("image_id", pa.string()), ("source", pa.string()), ("reason", pa.string())])
 
 
+class ShardFormatError(ValueError):
+    """A shard folder or file does not follow the shard format contract; the message names the file."""
+
+
 class IncompleteShards(FileNotFoundError):
     """A shard folder without summary.json: never finished (or not a shard folder at all)."""
 
@@ -362,22 +366,27 @@ def load_classes(shard_dir: str | os.PathLike) -> tuple[list[str], list[str]]:
 
 
 def iter_shard(path: str | os.PathLike) -> Iterator[Sample]:
-    """The samples of one shard, in order, without webdataset (for tools that want plain Python)."""
-    with tarfile.open(path, "r") as tar:
-        members: dict[str, bytes] = {}
-        key = None
-        for member in tar:
-            member_key, extension = member.name.split(".", 1)
-            if key is not None and member_key != key:
-                yield _sample(path, key, members)
-                members = {}
-            key = member_key
-            members[extension] = tar.extractfile(member).read()
-        if key is not None:
-            yield _sample(path, key, members)
+    """The samples of one shard, in order, in one sequential read of the file (no webdataset needed)."""
+    members: dict[str, bytes] = {}
+    key = None
+    try:
+        with tarfile.open(path, "r|") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                member_key, _, extension = member.name.partition(".")
+                if key is not None and member_key != key:
+                    yield _sample(path, key, members)
+                    members = {}
+                key = member_key
+                members[extension] = tar.extractfile(member).read()
+    except tarfile.TarError as error:
+        raise ShardFormatError(f"{path}: not a readable tar shard: {error}") from error
+    if key is not None:
+        yield _sample(path, key, members)
 
 
 def _sample(path: str | os.PathLike, key: str, members: dict[str, bytes]) -> Sample:
     if set(members) != {"cls", "jpg", "json"}:
-        raise ValueError(f"{path}: sample {key} has members {sorted(members)}, expected cls, jpg, json")
+        raise ShardFormatError(f"{path}: sample {key} has members {sorted(members)}, expected cls, jpg, json")
     return Sample(key=key, jpeg=members["jpg"], label=int(members["cls"]), meta=json.loads(members["json"]))

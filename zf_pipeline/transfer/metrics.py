@@ -59,7 +59,6 @@ def average_precision(scores: np.ndarray, positive: np.ndarray, ignore: np.ndarr
     hits = positive[np.argsort(-scores, kind="stable")]
     true_pos = np.cumsum(hits)
     precision = true_pos / np.arange(1, hits.size + 1)
-    recall = true_pos / n_positive
     envelope = np.maximum.accumulate(precision[::-1])[::-1]
     # Sum precision over the recall steps, which happen exactly at the positive images.
     return float(100.0 * np.sum(envelope[hits]) / n_positive)
