@@ -93,11 +93,24 @@ def _publish(context: dg.AssetExecutionContext, settings: ZFSettings, name: str,
     return {"path": str(paths[0]), "csv": str(paths[1]), "markdown": md, "fingerprint": fingerprint(name, md, stages), **extra}
 
 
-def _check_runs(record: dict, layers: list[str], n_splits: int) -> dg.AssetCheckResult:
-    runs = pq.read_table(record["runs"])
-    problems = transfer.run_problems(runs, layers=layers, n_splits=n_splits, n_classes=record["classes"])
-    problems += splits.split_problems(pq.read_table(record["splits"]))
-    return dg.AssetCheckResult(passed=not problems, metadata={"problems": dg.MetadataValue.json(problems[:20]), "runs": runs.num_rows})
+def _check_runs(record: dict, layers: list[str]) -> list[str]:
+    split_table = pq.read_table(record["splits"])
+    n_splits = len({index for _, index in splits.split_keys(split_table)})
+    problems = transfer.run_problems(pq.read_table(record["runs"]), layers=layers, n_splits=n_splits, n_classes=record["classes"])
+    return problems + splits.split_problems(split_table)
+
+
+def complete_check(asset: str, layers: list[str]) -> dg.AssetChecksDefinition:
+    """A blocking check on a transfer table: every layer, split and class present, accuracies in [0, 100]."""
+
+    @dg.asset_check(asset=asset, name=f"{asset}_complete", blocking=True)
+    def _complete(settings: ZFSettings) -> dg.AssetCheckResult:
+        problems = {d: _check_runs(r, layers) for d, r in settings.record(asset)["stages"].items()}
+        return dg.AssetCheckResult(passed=not any(problems.values()),
+                                   metadata={d: dg.MetadataValue.json(p[:20]) for d, p in problems.items()})
+
+    _complete.__doc__ = f"Every layer, split and class of {asset} is present and every accuracy lies in [0, 100]."
+    return _complete
 
 
 # ----------------------------------------------------------------------------------------- Table 7
@@ -122,15 +135,6 @@ def table7_asset(datasets: list[str]) -> dg.AssetsDefinition:
         return _publish(context, settings, "table7", table, md, {"stages": records})
 
     return _table7
-
-
-@dg.asset_check(asset="table7", blocking=True)
-def table7_complete(settings: ZFSettings) -> dg.AssetCheckResult:
-    """Every layer, split and class is present and every accuracy lies in [0, 100]."""
-    record = settings.record("table7")
-    results = [_check_runs(r, sorted({l for _, l in TABLE7_PROBES}), 5) for r in record["stages"].values()]
-    return dg.AssetCheckResult(passed=all(r.passed for r in results),
-                               metadata={d: dg.MetadataValue.json(r.metadata["problems"].value) for d, r in zip(record["stages"], results)})
 
 
 # ----------------------------------------------------------------------------------------- Table 4 / 5
@@ -163,9 +167,9 @@ def non_pretrained_runs(
 
         def build(out: Path) -> dict:
             for role in ("train", "test"):
-                shards.write_shards(subset(role), out / role, size=size, workers=1, progress=False)
+                shards.write_shards(subset(role), out / role, size=size, progress=False)
             mean_file = out / "pixel_mean.npy"
-            pixel_mean.save_pixel_mean(mean_file, pixel_mean.compute_pixel_mean(out / "train", workers=1))
+            pixel_mean.save_pixel_mean(mean_file, pixel_mean.compute_pixel_mean(out / "train"))
             base = train.TrainConfig(**{k: tuple(v) if k == "keep_epochs" else v for k, v in model["config"].items()})
             run = dataclasses.replace(base, shards=str(out / "train"), val_shards=str(out / "test"), mean=str(mean_file),
                                       out=str(out / "run"), epochs=cfg.non_pretrained_epochs or base.epochs,
@@ -230,7 +234,7 @@ def caltech256_assets() -> list:
         record = pretrained_runs(context, settings, config, "fig7", features, [("softmax", "fc7")], config.n_train)
         table, md = transfer.fig7(pq.read_table(record["runs"]))
         png = transfer.plot_fig7(table, settings.out / "fig7" / "fig7.png")
-        out = _publish(context, settings, "fig7", table, md, {"png": str(png)})
+        out = _publish(context, settings, "fig7", table, md, {"png": str(png), "stages": {"caltech256": record}})
         context.add_output_metadata({"plot": image_md(png)})
         return out
 
@@ -273,9 +277,10 @@ def voc_assets() -> list:
 
 def transfer_assets(settings: ZFSettings) -> list:
     datasets = ["caltech101"] + (["caltech256"] if settings.caltech256_root else [])
-    defs = [table7_asset(datasets), table7_complete, table4]
+    defs = [table7_asset(datasets), complete_check("table7", sorted({l for _, l in TABLE7_PROBES})), table4,
+            complete_check("table4", ["fc7"])]
     if settings.caltech256_root:
-        defs += caltech256_assets()
+        defs += caltech256_assets() + [complete_check("table5", ["fc7"]), complete_check("fig7", ["fc7"])]
     if settings.voc2012_root:
         defs += voc_assets()
     return defs

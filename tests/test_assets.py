@@ -24,6 +24,8 @@ def test_definitions_load_with_groups_and_checks():
     assert "features/caltech101/conv5" in keys
     groups = {graph.get(k).group_name for k in graph.get_all_asset_keys()}
     assert {"data", "training", "features", "visualization"} <= groups
+    checks = {k.name for k in graph.asset_check_keys}
+    assert {"table4_complete", "table7_complete", "top9_complete", "zfnet_model_learned"} <= checks
 
 
 def test_cached_stage_hits_on_same_key_and_rebuilds_on_a_new_one(tmp_path):
