@@ -149,9 +149,10 @@ def fig5(context: dg.AssetExecutionContext, config: Fig5Config, settings: ZFSett
         picked = _one_per_class(vis, config.images)
         size = config.size or max(8, round(vis.crop * 48 / 224))
         stride = config.stride or max(1, size // 6)
+        images, labels = [x for x, _ in picked.values()], [label for _, label in picked.values()]
+        results = occlusion.occlusion_sensitivities(vis.net, torch.stack(images), labels, size=size, stride=stride) if images else []
         rows, pngs = [], []
-        for n, (image_id, (x, label)) in enumerate(picked.items()):
-            result = occlusion.occlusion_sensitivity(vis.net, x, label, size=size, stride=stride)
+        for n, (image_id, x, result) in enumerate(zip(picked, images, results)):
             rows += [{"image_id": image_id, **r} for r in result.rows()]
             pngs.append(str(render.render_occlusion(vis.rgb(x), result, out / f"fig5_{n}.png", vis.classes,
                                                     receptive_field(vis.net, "conv5"))))

@@ -21,7 +21,12 @@ from zf_pipeline.analysis.correspondence import (
 )
 from zf_pipeline.analysis.evolution import feature_evolution, strongest_over
 from zf_pipeline.analysis.invariance import invariance_sweep, transform
-from zf_pipeline.analysis.occlusion import occlude, occlusion_sensitivity
+from zf_pipeline.analysis.occlusion import (
+    occlude,
+    occlusion_sensitivities,
+    occlusion_sensitivity,
+    square_positions,
+)
 from zf_pipeline.deconv import project
 from zf_pipeline.models.zfnet import ZFNet, variant
 
@@ -97,12 +102,39 @@ def test_occlusion_batched_equals_unbatched_and_one_by_one() -> None:
     np.testing.assert_allclose(big.projection, project(model, image[None], "conv5", [big.channel], [big.unit[0]], [big.unit[1]])[0])
 
 
+@pytest.mark.parametrize("batch_size", [10, 1000])
+def test_occlusion_of_many_images_equals_one_by_one(batch_size: int) -> None:
+    """Copies of consecutive images share batches (10 does not divide one image's 37 copies); the
+    results are each image's own."""
+    model, images, labels = small_net(seed=6), randn(3, 3, 67, 67), [2, 0, 3]  # seed 6: the images pick different maps
+    ys, xs = square_positions(67, 67, 16, 9)
+    assert (len(ys) * len(xs) + 1) % 10 != 0
+    many = occlusion_sensitivities(model, images, labels, size=16, stride=9, batch_size=batch_size)
+    assert len(many) == 3
+    for image, label, got in zip(images, labels, many):
+        want = occlusion_sensitivity(model, image, label, size=16, stride=9, batch_size=batch_size)
+        assert (got.label, got.channel, got.unit, got.base_label) == (want.label, want.channel, want.unit, want.base_label)
+        np.testing.assert_array_equal(got.top_label, want.top_label)
+        for name in ("map_activity", "true_prob", "projection", "base_activity", "base_prob"):
+            np.testing.assert_allclose(getattr(got, name), getattr(want, name), rtol=1e-10, atol=1e-12)
+    assert len({r.channel for r in many}) > 1 and len({r.unit for r in many}) > 1  # a mix-up would show
+    assert occlusion_sensitivities(model, images[:0], [], size=16, stride=9) == []
+    with pytest.raises(ValueError, match="3 images but 2 labels"):
+        occlusion_sensitivities(model, images, [0, 1], size=16, stride=9)
+    with pytest.raises(ValueError, match="labels must lie in"):
+        occlusion_sensitivities(model, images, [0, 1, 4], size=16, stride=9)
+
+
 def test_occlude_paints_each_box_in_its_copy() -> None:
     img = torch.ones(3, 5, 6)
     out = occlude(img, torch.tensor([[0, 0, 2, 3], [4, 1, 6, 5]]), fill=-1.0)
     assert out.shape == (2, 3, 5, 6)
     assert (out[0, :, :3, :2] == -1).all() and (out[0] == -1).sum() == 3 * 6
     assert (out[1, :, 1:5, 4:6] == -1).all() and (out[1] == -1).sum() == 3 * 8
+    two = torch.stack([img, 2 * img])
+    picked = occlude(two, torch.tensor([[0, 0, 2, 3], [4, 1, 6, 5], [1, 1, 2, 2]]), fill=-1.0, index=torch.tensor([1, 0, 1]))
+    torch.testing.assert_close(picked[:2], torch.stack([torch.where(out[0] == -1, -1.0, 2.0), out[1]]))
+    assert (picked[2] == -1).sum() == 3 and (two == -1).sum() == 0  # the source images stay untouched
 
 
 def test_transforms_keep_the_frame_and_fill_with_the_mean() -> None:
