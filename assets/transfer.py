@@ -171,7 +171,10 @@ def non_pretrained_runs(
             mean_file = out / "pixel_mean.npy"
             pixel_mean.save_pixel_mean(mean_file, pixel_mean.compute_pixel_mean(out / "train"))
             base = train.TrainConfig(**{k: tuple(v) if k == "keep_epochs" else v for k, v in model["config"].items()})
+            n_images = sum(r == "train" for r in roles.values())
+            # Few classes x 15 images can be less than one batch of the recipe: then one batch is the whole split.
             run = dataclasses.replace(base, shards=str(out / "train"), val_shards=str(out / "test"), mean=str(mean_file),
+                                      batch_size=min(base.batch_size, n_images),
                                       out=str(out / "run"), epochs=cfg.non_pretrained_epochs or base.epochs,
                                       keep_epochs=(), final_train_error=False, final_ten_crop=False, resume=True)
             result = train.train(run)
@@ -182,7 +185,7 @@ def non_pretrained_runs(
             y_true, y_pred = labels.cpu().numpy(), probs.argmax(1).cpu().numpy()
             row = protocol.run_row(y_true, y_pred, len(images.classes), method="non-pretrained", layer="fc8",
                                    classifier="softmax", n_train=n_train, split_index=index,
-                                   n_train_images=int(sum(r == "train" for r in roles.values())))
+                                   n_train_images=n_images)
             return {"row": row}
 
         key = [TRAIN_CODE, TRANSFER_CODE, model["fingerprint"], dataset, n_train, index, cfg.seed, cfg.non_pretrained_epochs]

@@ -93,6 +93,11 @@ def test_incomplete_folder_and_bad_mean_fail_clearly(tmp_path, data):
         load_mean(tmp_path / "m.npy", SIZE)
 
 
+def test_split_smaller_than_a_batch_fails_clearly(data, tmp_path):
+    with pytest.raises(ValueError, match=r"train: 48 training images make no full batch of 64"):
+        train(_config(data, tmp_path, batch_size=64))
+
+
 def test_augment_takes_one_crop_of_image_minus_mean_maybe_flipped():
     images = torch.randint(0, 255, (6, 3, 10, 10), dtype=torch.uint8)
     mean = torch.rand(3, 10, 10) * 255

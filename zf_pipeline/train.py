@@ -231,6 +231,9 @@ def train(cfg: TrainConfig) -> RunResult:
     src = dict(mode=mode, seed=cfg.seed, num_workers=cfg.workers, rank=rank, world_size=world, device=device,
                cpu_fraction=cfg.cpu_fraction)
     train_src = make_source(split, cfg.batch_size, shuffle=True, **src)
+    if len(train_src) == 0:  # full batches only (drop_last): an epoch would take no step at all
+        raise ValueError(f"{cfg.shards}: {split.num_images} training images make no full batch of {cfg.batch_size} "
+                         f"per rank ({world} ranks); lower batch_size")
     val_src = make_source(val_split, 2 * cfg.batch_size, shuffle=False, **src)
     opt, sched = make_optimizer(net, cfg, len(train_src))
 
