@@ -362,8 +362,8 @@ def labelled_batches(
     """Every image of a split in its stored order as ``(uint8 N x 3 x S x S, labels, image_ids)`` on ``device``.
 
     For passes that need to know which image is which (feature extraction, visualization): image ids
-    come from the manifest. JPEGs decode on a thread pool (CPU) or with batched nvJPEG (CUDA) in a
-    background thread, ``prefetch`` batches ahead of the consumer.
+    come from the manifest. Shards are read ``prefetch`` batches ahead in a background thread, where JPEGs
+    also decode on a thread pool (CPU); batched nvJPEG (CUDA) decodes on the consumer's thread.
     """
     import pyarrow.parquet as pq
 
@@ -382,23 +382,27 @@ def labelled_batches(
         if chunk:
             yield chunk
 
-    def decode(chunk: list[tuple[str, bytes, int]], pool: ThreadPoolExecutor):
+    def read(chunk: list[tuple[str, bytes, int]], pool: ThreadPoolExecutor):
         raw = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for _, d, _ in chunk]
-        if device.type == "cuda":
-            images = decode_jpegs_cuda(raw, device)
-        else:
-            images = torch.stack(list(pool.map(lambda r: decode_jpeg(r, mode=ImageReadMode.RGB), raw)))
-        labels = torch.tensor([label for _, _, label in chunk], dtype=torch.int64, device=device)
-        return images, labels, [image_id for image_id, _, _ in chunk]
+        if device.type != "cuda":
+            raw = torch.stack(list(pool.map(lambda r: decode_jpeg(r, mode=ImageReadMode.RGB), raw)))
+        return raw, torch.tensor([label for _, _, label in chunk], dtype=torch.int64), [image_id for image_id, _, _ in chunk]
+
+    def ready(raw, labels: torch.Tensor, ids: list[str]):
+        # nvJPEG runs here, on the consumer's thread, after its queued kernels drained (decode_jpegs_cuda).
+        # From the prefetch thread it raced the consumer's kernels: non-finite maxima on an H200, gone
+        # under CUDA_LAUNCH_BLOCKING=1.
+        images = decode_jpegs_cuda(raw, device) if device.type == "cuda" else raw
+        return images, labels.to(device), ids
 
     with ThreadPoolExecutor(threads) as pool, ThreadPoolExecutor(1) as ahead:
         queue: list = []
         for chunk in chunks():
-            queue.append(ahead.submit(decode, chunk, pool))
+            queue.append(ahead.submit(read, chunk, pool))
             if len(queue) > prefetch:
-                yield queue.pop(0).result()
+                yield ready(*queue.pop(0).result())
         for future in queue:
-            yield future.result()
+            yield ready(*future.result())
 
 
 def network_inputs(
