@@ -175,7 +175,7 @@ def non_pretrained_runs(
             # Few classes x 15 images can be less than one batch of the recipe: then one batch is the whole split.
             run = dataclasses.replace(base, shards=str(out / "train"), val_shards=str(out / "test"), mean=str(mean_file),
                                       batch_size=min(base.batch_size, n_images),
-                                      out=str(out / "run"), epochs=cfg.non_pretrained_epochs or base.epochs,
+                                      out=str(out / "run"), epochs=cfg.non_pretrained_epochs or base.epochs, checkpoint_every=10,
                                       keep_epochs=(), final_train_error=False, final_ten_crop=False, resume=True)
             result = train.train(run)
             data = loader.open_split(out / "test")

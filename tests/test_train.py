@@ -198,6 +198,18 @@ def test_training_writes_checkpoints_metrics_and_learns(data, tmp_path):
     assert state["epoch"] == 2 and state["train_config"]["arch"] == "krizhevsky"
 
 
+def test_checkpoint_every_writes_on_its_epochs_the_kept_ones_and_the_last(data, tmp_path, monkeypatch):
+    import zf_pipeline.train as train_module
+
+    written = []
+    real = train_module.save_checkpoint
+    monkeypatch.setattr(train_module, "save_checkpoint", lambda *a, epoch, **kw: written.append(epoch) or real(*a, epoch=epoch, **kw))
+    fast = dict(width=0.0625, final_ten_crop=False, final_train_error=False)
+    train(_config(data, tmp_path, epochs=5, checkpoint_every=3, keep_epochs=(1,), **fast))
+    assert written == [1, 3, 5]
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 5
+
+
 def test_resumed_run_ends_bitwise_where_an_uninterrupted_run_ends(data, tmp_path):
     fast = dict(epochs=2, width=0.0625, final_ten_crop=False, final_train_error=False)
     whole = train(_config(data, tmp_path / "whole", **fast))

@@ -80,6 +80,7 @@ class TrainConfig:
     channels_last: bool = True
     log_every: int = 100  # steps between progress lines
     keep_epochs: tuple[int, ...] = FIG3_EPOCHS
+    checkpoint_every: int = 1  # epochs between last.pt writes (and the last epoch, and keep_epochs)
     final_ten_crop: bool = True  # evaluate the last epoch with 10 crops
     final_train_error: bool = True  # Table 1's train error: center-crop top-1 on the training split
     deterministic: bool = False  # bitwise-reproducible kernels (CPU tests of resume)
@@ -307,8 +308,11 @@ def train(cfg: TrainConfig) -> RunResult:
             log.info("epoch %d/%d train loss %.4f err %.2f%% | val top-1 %.2f%% top-5 %.2f%% | lr %.1e | %.0f img/s",
                      epoch + 1, cfg.epochs, m["train_loss"], m["train_top1_err"], m["val_top1_err"],
                      m["val_top5_err"], lr, m["img_per_s"])
-            save_checkpoint(last, net, arch, epoch=epoch + 1, optimizer=opt, scheduler=sched,
-                            train_config=cfg.to_dict(), metrics=metrics)
+            # A full checkpoint is ~0.8 GB at full width: short runs on small splits spend most of an
+            # epoch writing it, hence checkpoint_every (a killed run resumes from the last one written).
+            if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 in (end, *cfg.keep_epochs):
+                save_checkpoint(last, net, arch, epoch=epoch + 1, optimizer=opt, scheduler=sched,
+                                train_config=cfg.to_dict(), metrics=metrics)
             if epoch + 1 in cfg.keep_epochs:
                 with atomic_path(out / f"epoch_{epoch + 1:03d}.pt") as tmp:
                     shutil.copyfile(last, tmp)
