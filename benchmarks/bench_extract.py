@@ -4,8 +4,14 @@ Synthetic preprocessed batches are made once on the device and cycled, so both s
 device work and what extraction adds to it (maxima, pooling, streaming top-k, device-to-host
 copies, Parquet writer threads), not image decoding. Goal on one H100: extraction >= 0.7 x forward.
 
+``--breakdown`` adds the activations-only pass with parts switched off, and the Parquet writers alone:
+synthetic host copies of the device outputs (the layout ``features._Writers.dispatch`` takes) fed
+straight to the writer threads, no GPU work, i.e. the img/s ceiling the host puts on each pass, with
+the CPU time it costs (rows/s and MB/s per busy core). ``--host-only`` runs only those rows (no GPU needed).
+
     python benchmarks/bench_extract.py --device cuda                    # Krizhevsky's net, bf16, compiled
-    python benchmarks/bench_extract.py --device cuda --breakdown        # + the pass without writers / top-k
+    python benchmarks/bench_extract.py --device cuda --breakdown        # + the pass without writers / top-k, writers alone
+    python benchmarks/bench_extract.py --host-only --images 5120        # the writers alone, on this machine's cores
     python benchmarks/bench_extract.py --device cpu --size 64 --width 0.125 --images 256 --batch 32 --no-compile
 """
 
@@ -13,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import shutil
 import tempfile
 import time
@@ -66,6 +73,41 @@ def extraction(model, inputs, steps: int, device, amp, compile: bool, out: Path,
     return summary.images / seconds
 
 
+def writers_alone(model, sample: torch.Tensor, steps: int, out: Path, layers=features.FEATURE_LAYERS, activation_layers=None) -> str:
+    """The Parquet writers of one pass fed synthetic host outputs as fast as they take them: one table row
+    (img/s, then the CPU cost per busy core). Values are scaled exponentials, 0-30 % silent maps and
+    ReLU'd normal vectors (half zeros), roughly what the mining benchmark generates."""
+    acts = list(layers if activation_layers is None else activation_layers)
+    info = features._layer_shapes(model, sample, acts, layers)
+    n = len(sample)
+    g = torch.Generator().manual_seed(0)
+
+    def block(layer: features.LayerInfo) -> torch.Tensor:
+        scale = torch.exp(torch.randn(layer.channels, generator=g)) * (torch.rand(layer.channels, generator=g) > torch.rand(1, generator=g) * 0.3)
+        value = (scale * torch.empty(n, layer.channels).exponential_(generator=g)).half().view(torch.int16)
+        return torch.stack([value, torch.randint(layer.height, value.shape, generator=g).short(), torch.randint(layer.width, value.shape, generator=g).short()])
+
+    outputs = [
+        [torch.zeros(n, dtype=torch.long), *(block(info[a]) for a in acts),
+         *(torch.randn(n, info[f].vector_length, generator=g).relu().half() for f in layers)]
+        for _ in range(4)
+    ]
+    summary = features.ExtractionSummary(split="bench", images=0, k=9, layers=info, activation_layers=acts, feature_layers=list(layers))
+    start, cpu = time.perf_counter(), os.times()
+    writers = features._Writers(out / "writers", summary, features.ACTIVATION_ROW_GROUP_ROWS)
+    for step in range(steps):
+        writers.dispatch(None, [f"img{step * n + j:08d}" for j in range(n)], outputs[step % len(outputs)])
+    writers.close()
+    wall, after = time.perf_counter() - start, os.times()
+    busy = after.user + after.system - cpu.user - cpu.system
+    rows = steps * n * sum(info[a].channels for a in acts)
+    values = steps * n * sum(info[f].vector_length for f in layers)
+    written = sum(f.stat().st_size for f in (out / "writers").rglob("*.parquet"))
+    shutil.rmtree(out / "writers")
+    return (f"{steps * n / wall:,.0f} | {busy / wall:.1f} cores busy, {len(writers.threads)} threads; per core: {rows / busy / 1e6:.1f}M rows/s, "
+            f"{values / busy / 1e6:.0f}M vector values/s, {(6 * rows + 2 * values) / busy / 1e6:.0f} MB/s in, {written / busy / 1e6:.0f} MB/s to disk")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -76,8 +118,11 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=51_200, help="images per timed pass")
     ap.add_argument("--amp", choices=["bf16", "fp16", "none"], default="bf16")
     ap.add_argument("--no-compile", action="store_true")
-    ap.add_argument("--breakdown", action="store_true", help="also time the activations-only pass without writers / top-k")
+    ap.add_argument("--breakdown", action="store_true", help="also time the activations-only pass without writers / top-k, and the writers alone")
+    ap.add_argument("--host-only", action="store_true", help="time only the writers alone (on the CPU cores; no GPU work)")
     args = ap.parse_args()
+    if args.host_only:
+        args.device, args.no_compile, args.breakdown = "cpu", True, True
 
     device = torch.device(args.device)
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[args.amp]
@@ -93,11 +138,9 @@ def main() -> None:
     ]
     steps = max(2, args.images // args.batch)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"{name}, {args.variant} width {args.width}, {args.size} px, batch {args.batch}, {steps * args.batch} images, amp {args.amp}, compile {compile}\n")
+    print(f"{name}, {os.cpu_count()} cores, {args.variant} width {args.width}, {args.size} px, batch {args.batch}, "
+          f"{steps * args.batch} images, amp {args.amp}, compile {compile}\n")
 
-    base = forward_alone(model, inputs, steps, device, amp, compile)
-    print("| pass | img/s | vs forward alone |\n| --- | --- | --- |")
-    print(f"| forward pass alone (to fc8){' compiled' if compile else ''} | {base:,.0f} | 1.00 |", flush=True)
     out = Path(tempfile.mkdtemp(prefix="zf-bench-extract-"))
     configs = {
         "extract: activations + top-9 of conv1-5, no features": dict(layers=(), activation_layers=CONV_LAYERS),
@@ -105,6 +148,14 @@ def main() -> None:
         "extract: defaults (all 7 layers, both tables)": dict(layers=FEATURE_LAYERS),
     }
     try:
+        if args.host_only:
+            print("| writers alone, synthetic outputs | img/s | CPU cost |\n| --- | --- | --- |")
+            for label, layers in configs.items():
+                print(f"| {label.removeprefix('extract: ')} | {writers_alone(model, inputs[0], steps, out, **layers)} |", flush=True)
+            return
+        base = forward_alone(model, inputs, steps, device, amp, compile)
+        print("| pass | img/s | vs forward alone |\n| --- | --- | --- |")
+        print(f"| forward pass alone (to fc8){' compiled' if compile else ''} | {base:,.0f} | 1.00 |", flush=True)
         for label, layers in configs.items():
             rate = extraction(model, inputs, steps, device, amp, compile, out, **layers)
             print(f"| {label} | {rate:,.0f} | {rate / base:.2f} |", flush=True)
@@ -118,6 +169,9 @@ def main() -> None:
                         stack.enter_context(patch)
                     rate = extraction(model, inputs, steps, device, amp, compile, out, **acts)
                 print(f"| activations-only pass, {label} | {rate:,.0f} | {rate / base:.2f} |", flush=True)
+            print("\n| writers alone, synthetic outputs, no GPU work | img/s (the host's ceiling) | CPU cost |\n| --- | --- | --- |")
+            for label, layers in configs.items():
+                print(f"| {label.removeprefix('extract: ')} | {writers_alone(model, inputs[0], steps, out, **layers)} |", flush=True)
     finally:
         shutil.rmtree(out, ignore_errors=True)
 

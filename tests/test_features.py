@@ -272,3 +272,27 @@ def test_compiled_pass_equals_eager(tmp_path: Path) -> None:
                 assert a["value"] == pytest.approx(b["value"], rel=2e-3, abs=1e-4)
             else:
                 np.testing.assert_allclose(np.array(a["vector"], np.float32), np.array(b["vector"], np.float32), rtol=2e-3, atol=1e-4)
+
+
+def test_row_groups_split_buffered_batches_without_losing_order(tmp_path: Path) -> None:
+    """Batches straddling row groups are split: every group holds exactly the next images, in order,
+    and chunked columns give the same table as the concatenated arrays."""
+    rng = np.random.default_rng(0)
+    sizes, channels = [2, 4, 1, 5], 3
+    value = rng.random((sum(sizes), channels)).astype(np.float16)
+    y, x = (rng.integers(0, 13, value.shape).astype(np.int16) for _ in range(2))
+    ids, labels = [f"i{i:02d}" for i in range(len(value))], np.arange(len(value)) % 4
+    writer = features.PartitionWriter(
+        tmp_path, "conv9", channels, 3 * channels, features.activation_table, features.ACTIVATION_SCHEMA, features.ACTIVATION_WRITE_OPTIONS
+    )
+    start = 0
+    for n in sizes:
+        writer.append(ids[start : start + n], labels[start : start + n], value[start : start + n], y[start : start + n], x[start : start + n])
+        start += n
+    writer.close()
+    written = pq.ParquetFile(tmp_path / "layer=conv9" / "part-00000.parquet")
+    assert [written.metadata.row_group(i).num_rows for i in range(written.num_row_groups)] == [9, 9, 9, 9]
+    whole = features.activation_table(ids, labels, value, y, x)
+    assert written.read().to_pylist() == whole.to_pylist()  # (each row group has its own image_id dictionary)
+    chunked = features.activation_table(ids, labels, [value[:5], value[5:]], [y[:5], y[5:]], [x[:5], x[5:]])
+    assert chunked.combine_chunks().equals(whole.combine_chunks()) and chunked.column("value").num_chunks == 2

@@ -79,7 +79,9 @@ FEATURE_WRITE_OPTIONS = dict(
 ACTIVATION_ROW_GROUP_ROWS = 1 << 20  # ~1M rows: enough row groups for DuckDB to scan in parallel
 FEATURE_ROW_GROUP_BYTES = 64 << 20
 ROW_GROUPS_PER_FILE = 64
-MAX_THREADS_PER_PARTITION = 4  # one Parquet encoder thread does ~15M activation rows/s: a GPU fills several
+# One encoder thread does ~14M activation rows/s or ~70M vector values/s (zstd 1): at 50k img/s conv5's
+# 9,216-value vectors alone need ~7 threads. Threads hold the GIL only for microseconds a batch.
+MAX_THREADS_PER_PARTITION = 8
 PIPELINE_DEPTH = 2  # batches in flight on the device before the host waits for the oldest one's copies
 
 
@@ -102,19 +104,29 @@ def _row_index(n: int, channels: int) -> tuple[pa.Array, pa.Array]:
     return pa.array(np.repeat(np.arange(n, dtype=np.int32), channels)), pa.array(np.tile(np.arange(channels, dtype=np.int16), n))
 
 
-def activation_table(image_ids: Sequence[str], labels: np.ndarray, value: np.ndarray, y: np.ndarray, x: np.ndarray) -> pa.Table:
-    """Rows of ``activations`` for ``n`` images x ``C`` channels, from [n, C] arrays (image-major)."""
-    n, channels = value.shape
-    image_index, channel = _row_index(n, channels)
+Chunks = np.ndarray | Sequence[np.ndarray]  # one [n, ...] array, or several stacked along the images
+
+
+def _chunked(parts: Chunks, dtype: type, make=lambda flat: flat) -> pa.ChunkedArray:
+    """``parts`` as one Arrow column, zero-copy over each part (no host concatenation under the GIL)."""
+    parts = [parts] if isinstance(parts, np.ndarray) else parts
+    return pa.chunked_array([make(pa.array(p.astype(dtype, copy=False).ravel())) for p in parts])
+
+
+def activation_table(image_ids: Sequence[str], labels: np.ndarray, value: Chunks, y: Chunks, x: Chunks) -> pa.Table:
+    """Rows of ``activations`` for ``n`` images x ``C`` channels, from [n, C] arrays (image-major), each
+    given whole or as chunks of consecutive images."""
+    channels = (value if isinstance(value, np.ndarray) else value[0]).shape[1]
+    image_index, channel = _row_index(len(image_ids), channels)
     return pa.Table.from_arrays(
         [
             # safe=False: the indices are ours and in range; the check would hold the GIL over every row.
             pa.DictionaryArray.from_arrays(image_index, pa.array(list(image_ids), pa.string()), safe=False),
-            pa.array(np.repeat(labels.astype(np.int32), channels)),
+            pa.array(labels.astype(np.int32)).take(image_index),  # Arrow's take runs without the GIL, np.repeat with it
             channel,
-            pa.array(value.astype(np.float16, copy=False).ravel()),
-            pa.array(y.astype(np.int16, copy=False).ravel()),
-            pa.array(x.astype(np.int16, copy=False).ravel()),
+            _chunked(value, np.float16),
+            _chunked(y, np.int16),
+            _chunked(x, np.int16),
         ],
         schema=ACTIVATION_SCHEMA,
     )
@@ -123,8 +135,9 @@ def activation_table(image_ids: Sequence[str], labels: np.ndarray, value: np.nda
 class PartitionWriter:
     """Appends [n, ...] batches to ``<root>/layer=<layer>/part-NNNNN.parquet`` in whole row groups.
 
-    ``make_table(ids, labels, *arrays)`` turns buffered batches into an Arrow table. Batches are
-    buffered until a row group is full, so row groups stay large however small the batches are.
+    ``make_table(ids, labels, *chunk_lists)`` turns buffered batches into an Arrow table: one list of
+    [n_i, ...] chunks per array argument of :meth:`append`. Batches are buffered (not copied) until a
+    row group is full, so row groups stay large however small the batches are.
     """
 
     def __init__(
@@ -137,7 +150,7 @@ class PartitionWriter:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.images_per_group = max(1, row_group_rows // rows_per_image)
         self.make_table, self.schema, self.options = make_table, schema, options
-        self.pending: list[tuple] = []
+        self.pending: list[tuple[list[str], np.ndarray, tuple[np.ndarray, ...]]] = []
         self.pending_images = 0
         self.writer: pq.ParquetWriter | None = None
         self.files = 0
@@ -145,7 +158,7 @@ class PartitionWriter:
         self.rows = 0
 
     def append(self, ids: list[str], labels: np.ndarray, *arrays: np.ndarray) -> None:
-        self.pending.append((ids, labels, *arrays))
+        self.pending.append((ids, labels, arrays))
         self.pending_images += len(ids)
         while self.pending_images >= self.images_per_group:
             self._flush(self.images_per_group)
@@ -157,12 +170,19 @@ class PartitionWriter:
             self.writer.close()
 
     def _flush(self, n: int) -> None:
-        ids = [i for batch in self.pending for i in batch[0]]
-        columns = [np.concatenate([batch[j] for batch in self.pending]) for j in range(1, len(self.pending[0]))]
-        table = self.make_table(ids[:n], *(c[:n] for c in columns))
-        rest = ids[n:]
-        self.pending = [(rest, *(c[n:] for c in columns))] if rest else []
-        self.pending_images = len(rest)
+        """Write the first ``n`` buffered images as one row group; the batch that straddles it is split (views)."""
+        group, count = [], 0
+        while count < n:
+            ids, labels, arrays = self.pending.pop(0)
+            k = min(len(ids), n - count)
+            group.append((ids[:k], labels[:k], [a[:k] for a in arrays]))
+            if k < len(ids):
+                self.pending.insert(0, (ids[k:], labels[k:], tuple(a[k:] for a in arrays)))
+            count += k
+        self.pending_images -= n
+        ids = [i for batch in group for i in batch[0]]
+        labels = np.concatenate([batch[1] for batch in group])
+        table = self.make_table(ids, labels, *([batch[2][j] for batch in group] for j in range(len(group[0][2]))))
         if self.writer is None or self.groups_in_file >= ROW_GROUPS_PER_FILE:
             if self.writer is not None:
                 self.writer.close()
@@ -467,6 +487,7 @@ def extract(
                     # integer division is free (on the host it was the writers' largest cost).
                     widths = torch.tensor([summary.layers[n].width for n in act_layers for _ in range(summary.layers[n].channels)],
                                           dtype=torch.int32, device=device)
+                    columns = _column_slices([summary.layers[n].channels for n in act_layers])
                 with torch.inference_mode():
                     with torch.autocast(device.type, autocast or torch.float32, enabled=autocast is not None):
                         value, pos, vectors = summarize(model, forward(images, names), act_layers, layers)
@@ -475,8 +496,12 @@ def extract(
                     if topk is not None:
                         topk.update(value, pos, _to_device(labels, device), image_ids)
                     y = torch.div(pos, widths, rounding_mode="floor")
-                    x = pos - y * widths
-                    host = [t.to("cpu", non_blocking=True) for t in (labels, value, y.short(), x.short(), *vectors.values())]
+                    x = (pos - y * widths).short()
+                    y = y.short()
+                    # One contiguous [3, N, C] int16 block per layer (value bits, y, x): the host gets each
+                    # partition's columns ready to wrap, with no slicing or copying under the GIL.
+                    packed = [torch.stack([value[:, c].view(torch.int16), y[:, c], x[:, c]]) for c in columns]
+                    host = [t.to("cpu", non_blocking=True) for t in (labels, *packed, *vectors.values())]
                 event = torch.cuda.Event() if device.type == "cuda" else None
                 if event is not None:
                     event.record()
@@ -529,35 +554,34 @@ class _Writers:
         acts = [summary.layers[name] for name in summary.activation_layers]
         feats = [summary.layers[name] for name in summary.feature_layers]
         # The cores are shared by the encoding work per image: an activations row costs about 5x a vector value.
+        # Rounded up: a partition one thread short stalls the whole pass, a spare thread only waits.
         costs = [5 * info.channels for info in acts] + [info.vector_length for info in feats]
         cores = os.cpu_count() or 1
-        counts = iter([max(1, min(MAX_THREADS_PER_PARTITION, round(cores * c / sum(costs)))) for c in costs])
-        self.activations: list[tuple[list[_WriterThread], slice]] = []
-        column = 0
-        for name, info in zip(summary.activation_layers, acts):
-            threads = _start(
-                next(counts), root / "activations", name, info.channels, row_group_rows, activation_table, ACTIVATION_SCHEMA, ACTIVATION_WRITE_OPTIONS
-            )
-            self.activations.append((threads, slice(column, column + info.channels)))
-            column += info.channels
+        counts = iter([max(1, min(MAX_THREADS_PER_PARTITION, math.ceil(cores * c / sum(costs)))) for c in costs])
+        self.activations = [
+            _start(next(counts), root / "activations", name, info.channels, row_group_rows, activation_table, ACTIVATION_SCHEMA, ACTIVATION_WRITE_OPTIONS)
+            for name, info in zip(summary.activation_layers, acts)
+        ]
         self.features: list[list[_WriterThread]] = []
         for name, info in zip(summary.feature_layers, feats):
             schema = feature_schema(info.vector_length)
             rows = max(1, FEATURE_ROW_GROUP_BYTES // (2 * info.vector_length))
             make = _feature_rows(summary.split, schema)
             self.features.append(_start(next(counts), root / "features", name, 1, rows, make, schema, FEATURE_WRITE_OPTIONS))
-        self.threads = [t for threads, _ in self.activations for t in threads] + [t for threads in self.features for t in threads]
+        self.threads = [t for threads in self.activations + self.features for t in threads]
         self.batches = 0
 
     def dispatch(self, event, image_ids: list[str], host: list[torch.Tensor]) -> None:
-        """Hand one batch's host copies (labels, value, y, x, *vectors) to the writers once its copies are done."""
+        """Hand one batch's host copies to the writers once its copies are done: labels [N], then per
+        activations layer an int16 [3, N, C] block (float16 value bits, y, x), then the [N, length] vectors."""
         if event is not None:
             event.synchronize()
-        labels, value, y, x, *vectors = (t.numpy() for t in host)
+        labels, *arrays = (t.numpy() for t in host)
+        blocks, vectors = arrays[: len(self.activations)], arrays[len(self.activations) :]
         turn = self.batches
         self.batches += 1
-        for threads, columns in self.activations:
-            threads[turn % len(threads)].put((image_ids, labels, value[:, columns], y[:, columns], x[:, columns]))
+        for threads, (value, y, x) in zip(self.activations, blocks):
+            threads[turn % len(threads)].put((image_ids, labels, value.view(np.float16), y, x))
         for threads, vector in zip(self.features, vectors):
             threads[turn % len(threads)].put((image_ids, labels, vector))
 
@@ -573,7 +597,13 @@ class _Writers:
 
     @property
     def activation_rows(self) -> int:
-        return sum(t.writer.rows for threads, _ in self.activations for t in threads)
+        return sum(t.writer.rows for threads in self.activations for t in threads)
+
+
+def _column_slices(channels: Sequence[int]) -> list[slice]:
+    """The columns of each layer in the concatenated [N, maps] outputs."""
+    ends = np.cumsum(channels).tolist()
+    return [slice(end - c, end) for c, end in zip(channels, ends)]
 
 
 def _start(n: int, root: Path, layer: str, rows_per_image: int, row_group_rows: int, make_table, schema, options: dict) -> list[_WriterThread]:
@@ -588,14 +618,16 @@ def _start(n: int, root: Path, layer: str, rows_per_image: int, row_group_rows: 
 
 
 def _feature_rows(split: str, schema: pa.Schema):
-    def make(ids: list[str], labels: np.ndarray, vector: np.ndarray) -> pa.Table:
-        n, length = vector.shape
+    length = schema.field("vector").type.list_size
+
+    def make(ids: list[str], labels: np.ndarray, vector: Chunks) -> pa.Table:
+        n = len(ids)
         return pa.Table.from_arrays(
             [
                 pa.DictionaryArray.from_arrays(pa.array(np.arange(n, dtype=np.int32)), pa.array(ids, pa.string()), safe=False),
                 pa.array(labels.astype(np.int32)),
                 pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int8)), pa.array([split]), safe=False),
-                pa.FixedSizeListArray.from_arrays(pa.array(vector.ravel()), length),
+                _chunked(vector, np.float16, lambda flat: pa.FixedSizeListArray.from_arrays(flat, length)),
             ],
             schema=schema,
         )
