@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -148,14 +150,16 @@ def test_voc_average_precision_by_hand():
 # --- probes ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("kind", ["softmax", "svm"])
-def test_torch_probe_matches_sklearn(kind):
+def test_torch_probe_matches_sklearn(kind, dtype):
     X, y, _ = make_features([30] * 6, dim=32, separation=0.45, seed=1)
     Xt, yt, _ = make_features([50] * 6, dim=32, separation=0.45, seed=1, noise_seed=7)  # same means, new noise
     grid = (0.1, 1.0, 10.0)
     results = {}
     for backend in ("sklearn", "torch"):
-        probe = fit_probe(X, y, ProbeConfig(kind=kind, backend=backend, c_grid=grid, tol=1e-6, max_iter=3000))
+        config = ProbeConfig(kind=kind, backend=backend, c_grid=grid, tol=1e-6, max_iter=3000, dtype=dtype)
+        probe = fit_probe(X, y, config)
         assert probe.converged
         results[backend] = (probe, mean_per_class_accuracy_from_predictions(yt, probe.predict(Xt), 6))
     (ref, ref_acc), (ours, our_acc) = results["sklearn"], results["torch"]
@@ -167,6 +171,50 @@ def test_torch_probe_matches_sklearn(kind):
     # Same objective, same optimum: the decision functions agree closely, not just the argmax.
     np.testing.assert_allclose(ours.decision_function(Xt), ref.decision_function(Xt), atol=0.05 * np.abs(
         ref.decision_function(Xt)).max())
+
+
+def probe_objective(probe, X, y, c):
+    """The documented objective and its gradient, in float64 numpy (independent of the torch solver)."""
+    Xp = probes_module.preprocess(X, probe.mean).astype(np.float64)
+    W, b = probe.weight.astype(np.float64), probe.bias.astype(np.float64)
+    n, targets = len(y), np.eye(W.shape[1])[y]
+    logits = Xp @ W + b
+    if probe.kind == "softmax":
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        loss, d_logits, penalized = -(targets * log_p).sum() / n, (np.exp(log_p) - targets) / n, (W,)
+    else:
+        signs = 2 * targets - 1
+        margin = np.maximum(1 - signs * logits, 0)
+        loss, d_logits, penalized = (margin**2).sum() / n, -2 * signs * margin / n, (W, b)
+    value = loss + sum((p**2).sum() for p in penalized) / (2 * c * n)
+    grad_w, grad_b = Xp.T @ d_logits + W / (c * n), d_logits.sum(axis=0) + (b / (c * n) if probe.kind == "svm" else 0)
+    return value, max(np.abs(grad_w).max(), np.abs(grad_b).max())
+
+
+@pytest.mark.parametrize("kind", ["softmax", "svm"])
+def test_preconditioned_solver_reaches_sklearn_optimum(kind):
+    # D > rank of the preconditioner (rank 8 here): its top eigenpairs + mean of the rest are exercised.
+    X, y, _ = make_features([25] * 5, dim=40, separation=0.5, seed=3)
+    c, tol = 1000.0, 1e-7  # weak regularization: the ill-conditioned case
+    config = ProbeConfig(kind=kind, c_grid=(c,), cv_folds=1, c_without_cv=c, tol=tol, max_iter=20000,
+                         preconditioner_rank=8)
+    fitted = {backend: fit_probe(X, y, replace(config, backend=backend)) for backend in ("sklearn", "torch")}
+    assert fitted["torch"].c == c
+    (ref_value, _), (value, grad_max) = (probe_objective(fitted[b], X, y, c) for b in ("sklearn", "torch"))
+    assert grad_max <= 50 * tol  # KKT: stationary (float32 weights round the solution a little)
+    assert value <= ref_value + 1e-6 and value == pytest.approx(ref_value, rel=1e-5)
+
+
+def test_low_rank_spectrum_matches_eigh():
+    rng = np.random.default_rng(5)  # 6 strong directions above an isotropic bulk, like features' spectra
+    X = torch.as_tensor(rng.normal(size=(200, 6)) * [8, 7, 6, 5, 4, 3] @ rng.normal(size=(6, 24))
+                        + rng.normal(size=(200, 24)))
+    basis, eigenvalues, bulk = probes_module._top_spectrum(X, rank=6)
+    exact = torch.linalg.eigvalsh(X.T @ X / len(X))
+    torch.testing.assert_close(eigenvalues, exact[-6:], rtol=1e-3, atol=1e-8)
+    assert bulk.item() == pytest.approx(exact[:-6].mean().item(), rel=1e-3)
+    torch.testing.assert_close(basis.T @ basis, torch.eye(6, dtype=torch.float64))
 
 
 def test_probe_records_non_convergence():

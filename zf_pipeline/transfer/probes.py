@@ -4,10 +4,11 @@ Two backends solve the same objectives, so that either can stand in for the othe
 
 - ``sklearn``, the reference: ``LogisticRegression`` (multinomial, L-BFGS) and ``LinearSVC``
   (one-vs-rest squared hinge, liblinear).
-- ``torch``, the probe: the same objectives by full-batch L-BFGS with a strong-Wolfe line search, on CPU
-  or GPU. The whole regularization sweep (every C of the grid, every cross-validation fold, and the
-  refit on the full training split) is ONE batched problem with a ``[G, D, K]`` weight tensor: the
-  problems are independent, so minimizing their sum minimizes each of them.
+- ``torch``, the probe: the same objectives by full-batch preconditioned L-BFGS, on CPU or GPU. The whole
+  regularization sweep (every C of the grid, every cross-validation fold, and the refit on the full
+  training split) is ONE batched program over a ``[G, D*K + K]`` parameter tensor: each problem keeps its
+  own history and step, problems sharing rows share one matrix product, and converged problems leave the
+  batch (see :class:`_SweepObjective` and :func:`batched_lbfgs`).
 
 Objectives, for N training images, weights W [D, K] and biases b [K] (per-sample averaged, as sklearn's
 L-BFGS solver sees them, so one gradient tolerance means the same in both backends):
@@ -61,13 +62,17 @@ class ProbeConfig:
     tol: float = 1e-5
     max_iter: int = 1000
     device: str = "cpu"  # torch backend: 'cpu', 'cuda', ...
-    # torch backend: float32 stalls near |gradient| ~1e-5 (the line search cannot see smaller loss changes).
+    # torch backend: float32 reaches tol=1e-5 too (approximate Wolfe line search); on CPU it is twice as fast.
     dtype: Literal["float32", "float64"] = "float64"
+    # torch backend: top eigenpairs of the feature covariance kept by the preconditioner.
+    preconditioner_rank: int = 256
     n_jobs: int = 1  # sklearn backend: (C, fold) fits in parallel
 
     def __post_init__(self) -> None:
         if self.kind not in ("svm", "softmax") or self.backend not in ("sklearn", "torch"):
             raise ValueError(f"unknown probe kind/backend {self.kind!r}/{self.backend!r}")
+        if self.preconditioner_rank < 1:
+            raise ValueError(f"preconditioner_rank must be >= 1, got {self.preconditioner_rank}")
         if not self.c_grid or min(self.c_grid) <= 0:
             raise ValueError(f"c_grid must hold positive values, got {self.c_grid}")
 
@@ -144,11 +149,8 @@ def fit_probe(X: np.ndarray, y: np.ndarray, config: ProbeConfig, groups: np.ndar
         raise ValueError(f"need at least two classes to train a classifier, got {classes.tolist()}")
     mean = l2_normalize(X).mean(axis=0)
     Xp = preprocess(X, mean)
-    folds = cv_folds(y_index, config.cv_folds, config.seed, groups)
-    c_grid = tuple(sorted(config.c_grid)) if folds else (config.c_without_cv,)
+    c_grid, folds, problems = sweep_problems(y_index, config, groups)
     solve = _sweep_torch if config.backend == "torch" else _sweep_sklearn
-    # One (C, fit rows) problem per C and fold, then one refit per C on all training rows.
-    problems = [(c, fit) for c in c_grid for fit, _ in folds] + [(c, np.arange(len(y))) for c in c_grid]
     weights, biases, converged, iterations = solve(Xp, y_index, classes.size, problems, config)
 
     cv_accuracy: dict[float, float] = {}
@@ -172,7 +174,19 @@ def fit_probe(X: np.ndarray, y: np.ndarray, config: ProbeConfig, groups: np.ndar
     )
 
 
-def _sklearn_fit(Xp: np.ndarray, y_index: np.ndarray, c: float, config: ProbeConfig):
+def sweep_problems(
+    y_index: np.ndarray, config: ProbeConfig, groups: np.ndarray | None = None
+) -> tuple[tuple[float, ...], list[tuple[np.ndarray, np.ndarray]], list[tuple[float, np.ndarray]]]:
+    """The C grid, the CV folds and the sweep's (C, fit rows) problems: one per C and fold, then one refit
+    per C on all training rows (in that order)."""
+    folds = cv_folds(y_index, config.cv_folds, config.seed, groups)
+    c_grid = tuple(sorted(config.c_grid)) if folds else (config.c_without_cv,)
+    problems = [(c, fit) for c in c_grid for fit, _ in folds] + [(c, np.arange(len(y_index))) for c in c_grid]
+    return c_grid, folds, problems
+
+
+def sklearn_fit(Xp: np.ndarray, y_index: np.ndarray, c: float, config: ProbeConfig):
+    """The reference backend's fit of one (C, rows) problem on preprocessed features: (model, converged)."""
     if config.kind == "softmax":
         model = LogisticRegression(C=c, tol=config.tol, max_iter=config.max_iter)
     else:
@@ -187,7 +201,7 @@ def _sklearn_fit(Xp: np.ndarray, y_index: np.ndarray, c: float, config: ProbeCon
 def _sweep_sklearn(Xp, y_index, n_classes, problems, config):
     """The reference: one sklearn fit per (C, rows) problem, in parallel over ``config.n_jobs`` processes."""
     fits = Parallel(n_jobs=config.n_jobs)(
-        delayed(_sklearn_fit)(Xp[rows], y_index[rows], c, config) for c, rows in problems
+        delayed(sklearn_fit)(Xp[rows], y_index[rows], c, config) for c, rows in problems
     )
     weights, biases = [], []
     for model, _ in fits:
@@ -204,109 +218,200 @@ def _sweep_sklearn(Xp, y_index, n_classes, problems, config):
 
 
 def _sweep_torch(Xp, y_index, n_classes, problems, config):
-    """All (C, rows) problems as one batched objective, each minimized by its own L-BFGS (see :func:`batched_lbfgs`)."""
+    """All (C, rows) problems as one batched program, each minimized by its own preconditioned L-BFGS."""
     device, dtype = torch.device(config.device), getattr(torch, config.dtype)
-    X = torch.as_tensor(Xp, device=device, dtype=dtype)
-    n, d = X.shape
-    g_count = len(problems)
-    y = torch.as_tensor(y_index, device=device, dtype=torch.long)
-    masks = torch.zeros(g_count, n, device=device, dtype=dtype)
-    for g, (_, rows) in enumerate(problems):
-        masks[g, torch.as_tensor(rows, device=device)] = 1.0
-    counts = masks.sum(dim=1)
-    penalty = 1.0 / (2.0 * torch.tensor([c for c, _ in problems], device=device, dtype=dtype) * counts)
-    signs = 2.0 * torch.nn.functional.one_hot(y, n_classes).to(dtype) - 1.0  # svm targets +-1
-
-    def objectives(params: torch.Tensor) -> torch.Tensor:
-        W, b = params[:, : d * n_classes].view(g_count, d, n_classes), params[:, d * n_classes :]
-        # One [N, D] x [D, G*K] product for all problems (a batched matmul would copy X G times).
-        logits = (X @ W.permute(1, 0, 2).reshape(d, -1)).view(n, g_count, n_classes).transpose(0, 1)
-        logits = logits + b[:, None, :]
-        if config.kind == "softmax":
-            true_logit = logits.gather(2, y.expand(g_count, n)[..., None])[..., 0]
-            per_image = torch.logsumexp(logits, dim=2) - true_logit
-            regularizer = W.square().sum(dim=(1, 2))
-        else:
-            per_image = torch.clamp(1.0 - signs * logits, min=0.0).square().sum(dim=2)
-            regularizer = params.square().sum(dim=1)  # liblinear penalizes the bias too
-        return (per_image * masks).sum(dim=1) / counts + penalty * regularizer
-
-    start = torch.zeros(g_count, d * n_classes + n_classes, device=device, dtype=dtype)
-    params, grad_max, iterations = batched_lbfgs(objectives, start, tol=config.tol, max_iter=config.max_iter)
+    objective = _SweepObjective(torch.as_tensor(Xp, device=device, dtype=dtype),
+                                torch.as_tensor(y_index, device=device, dtype=torch.long), n_classes, problems,
+                                config.kind, config.preconditioner_rank)
+    start = torch.zeros(len(problems), objective.size, device=device, dtype=dtype)
+    params, grad_max, iterations = batched_lbfgs(objective.value_and_grad, objective.precondition, start,
+                                                 tol=config.tol, max_iter=config.max_iter)
     params = params.cpu().numpy()
-    weights = [p[: d * n_classes].reshape(d, n_classes).astype(np.float32) for p in params]
-    biases = [p[d * n_classes :].astype(np.float32) for p in params]
-    return weights, biases, (grad_max <= config.tol).tolist(), iterations.tolist()
+    d_k = Xp.shape[1] * n_classes
+    weights = [p[:d_k].reshape(-1, n_classes).astype(np.float32) for p in params]
+    biases = [p[d_k:].astype(np.float32) for p in params]
+    return weights, biases, (grad_max <= config.tol).tolist(), iterations
+
+
+class _SweepObjective:
+    """The sweep's objectives, gradients and preconditioner for any subset of its problems.
+
+    Problems sharing training rows (one fold, or the whole split for the refits) share one gathered copy
+    of those rows, so each set costs one ``[n, D] x [D, m*K]`` product forward and one back, and held-out
+    rows cost nothing. The preconditioner approximates each problem's Hessian by ``a * Sigma + I / (C n)``:
+    Sigma, the split's feature covariance, as its top eigenpairs plus the mean of the other eigenvalues,
+    and a the loss's curvature at W = 0 (1/K for the softmax, 2 for the squared hinge), exact there up to
+    a fold's rows differing from the split's. It makes the weakly regularized (large C) problems about
+    as easy as the others; L-BFGS corrects the rest.
+    """
+
+    def __init__(self, X: torch.Tensor, y: torch.Tensor, n_classes: int, problems, kind: Kind, rank: int):
+        self.kind, self.n_classes, self.dim = kind, n_classes, X.shape[1]
+        self.size = self.dim * n_classes + n_classes
+        keys: dict[bytes, int] = {}
+        self.set_of = [keys.setdefault(np.asarray(rows).tobytes(), len(keys)) for _, rows in problems]
+        first = {s: rows for (_, rows), s in zip(problems, self.set_of)}
+        self.sets = []
+        for s in range(len(keys)):
+            rows = torch.as_tensor(first[s], device=X.device)
+            self.sets.append((X[rows], torch.nn.functional.one_hot(y[rows], n_classes).to(X.dtype)))
+        counts = torch.tensor([len(rows) for _, rows in problems], device=X.device, dtype=X.dtype)
+        self.rho = 1.0 / (torch.tensor([c for c, _ in problems], device=X.device, dtype=X.dtype) * counts)
+        self.curvature = 1.0 / n_classes if kind == "softmax" else 2.0
+        self.basis, self.eigenvalues, self.bulk = _top_spectrum(X, rank)
+        self._groups: dict[tuple[int, ...], list[tuple[int, torch.Tensor, torch.Tensor]]] = {}
+
+    def _grouped(self, ids: list[int]) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+        """(row set, positions in ids, problem indices) per row set present in ``ids``."""
+        key = tuple(ids)
+        if key not in self._groups:
+            device = self.rho.device
+            self._groups[key] = [
+                (s, torch.tensor(pos, device=device), torch.tensor([ids[i] for i in pos], device=device))
+                for s in sorted(set(self.set_of[p] for p in ids))
+                if (pos := [i for i, p in enumerate(ids) if self.set_of[p] == s])
+            ]
+        return self._groups[key]
+
+    def value_and_grad(self, params: torch.Tensor, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        d, k = self.dim, self.n_classes
+        value, grad = params.new_empty(len(ids)), torch.empty_like(params)
+        for s, pos, problem in self._grouped(ids):
+            X, targets = self.sets[s]
+            n, m = X.shape[0], len(pos)
+            W, b = params[pos, : d * k].view(m, d, k), params[pos, d * k :]
+            rho = self.rho[problem]
+            logits = (X @ W.permute(1, 0, 2).reshape(d, m * k)).view(n, m, k) + b
+            if self.kind == "softmax":
+                log_norm = torch.logsumexp(logits, dim=2)
+                loss = (log_norm - (logits * targets[:, None, :]).sum(dim=2)).mean(dim=0)
+                d_logits = torch.exp(logits - log_norm[..., None]) - targets[:, None, :]
+                regularized = W.square().sum(dim=(1, 2))
+            else:  # one-vs-rest squared hinge, targets +-1
+                signs = 2.0 * targets[:, None, :] - 1.0
+                margin = (1.0 - signs * logits).clamp_min(0.0)
+                loss = margin.square().sum(dim=2).mean(dim=0)
+                d_logits = -2.0 * signs * margin
+                regularized = W.square().sum(dim=(1, 2)) + b.square().sum(dim=1)  # liblinear penalizes the bias
+            d_logits /= n
+            grad_w = (X.T @ d_logits.view(n, m * k)).view(d, m, k).permute(1, 0, 2) + rho[:, None, None] * W
+            grad_b = d_logits.sum(dim=0) + (rho[:, None] * b if self.kind == "svm" else 0.0)
+            value[pos] = loss + 0.5 * rho * regularized
+            grad[pos] = torch.cat([grad_w.reshape(m, d * k), grad_b], dim=1)
+        return value, grad
+
+    def precondition(self, v: torch.Tensor, ids: list[int]) -> torch.Tensor:
+        """``(a * Sigma + rho I)^-1 v`` per problem (rho = 1/(C n)), the bias by its own curvature."""
+        d, k, m = self.dim, self.n_classes, len(ids)
+        rho = self.rho[torch.tensor(ids, device=v.device)]
+        bulk = self.curvature * self.bulk + rho  # [m]
+        excess = 1.0 / (self.curvature * self.eigenvalues + rho[:, None]) - 1.0 / bulk[:, None]  # [m, r]
+        v_w = v[:, : d * k].view(m, d, k)
+        out_w = v_w / bulk[:, None, None] + self.basis @ (excess[..., None] * (self.basis.T @ v_w))
+        bias_curvature = self.curvature + (rho if self.kind == "svm" else torch.zeros_like(rho))
+        return torch.cat([out_w.reshape(m, d * k), v[:, d * k :] / bias_curvature[:, None]], dim=1)
+
+
+def _top_spectrum(X: torch.Tensor, rank: int, power_iterations: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top ``rank`` eigenvectors [D, r] and eigenvalues [r] of X^T X / n (randomized subspace iteration,
+    seeded), and the mean of the remaining eigenvalues (0 when r covers the rank)."""
+    n, d = X.shape
+    r = min(rank, n, d)
+    generator = torch.Generator(device=X.device).manual_seed(0)
+    basis = torch.randn(d, r, generator=generator, device=X.device, dtype=X.dtype)
+    for _ in range(power_iterations):
+        basis = torch.linalg.qr(X.T @ (X @ basis)).Q
+    projected = X @ basis
+    eigenvalues, rotation = torch.linalg.eigh(projected.T @ projected / n)
+    eigenvalues = eigenvalues.clamp_min(0.0)
+    rest = min(n, d) - r
+    bulk = (X.square().sum() / n - eigenvalues.sum()).clamp_min(0.0) / rest if rest else X.new_zeros(())
+    return basis @ rotation, eigenvalues, bulk
 
 
 def batched_lbfgs(
-    objectives: Callable[[torch.Tensor], torch.Tensor],
+    value_and_grad: Callable[[torch.Tensor, list[int]], tuple[torch.Tensor, torch.Tensor]],
+    precondition: Callable[[torch.Tensor, list[int]], torch.Tensor],
     start: torch.Tensor,
     *,
     tol: float,
     max_iter: int,
-    history: int = 20,
-    max_halvings: int = 40,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Minimize G independent smooth convex objectives at once: ``objectives(x [G, P]) -> [G]``.
+    history: int = 10,
+    max_halvings: int = 30,
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Minimize G independent smooth convex objectives at once, from ``start`` [G, P].
 
-    Every problem keeps its own L-BFGS history and its own step size (backtracking to the Armijo
-    condition), so a well-conditioned problem is not held back by an ill-conditioned one, as it is
-    when one optimizer minimizes their sum. A problem stops moving once its max |gradient| <= tol.
-    Returns the minimizers, each problem's final max |gradient| and its number of iterations.
+    ``value_and_grad(x [m, P], ids)`` returns the values [m] and gradients [m, P] of the problems ``ids``
+    (row indices of ``start``) at x; ``precondition(v, ids)`` applies an approximate inverse Hessian.
+    Every problem keeps its own L-BFGS history (initial inverse Hessian: the preconditioner, scaled by
+    s.y / y.H0.y) and its own step (backtracking to Armijo, or to the approximate Wolfe condition of
+    Hager and Zhang once loss changes fall below rounding, which lets float32 reach small gradients).
+    A problem leaves the batch once its max |gradient| <= tol or no step decreases it (stalled), so later
+    iterations compute only the problems left. Returns the minimizers, each problem's final max |gradient|
+    and its number of iterations.
     """
-
-    def value_and_grad(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = x.detach().requires_grad_(True)
-        f = objectives(x)
-        (g,) = torch.autograd.grad(f.sum(), x)  # the sum's gradient holds each problem's own gradient
-        return f.detach(), g
-
-    x = start.clone()
-    f, g = value_and_grad(x)
+    g_count = len(start)
+    x_out, grad_out, iterations = start.clone(), start.new_full((g_count,), float("inf")), [0] * g_count
+    ids, x = list(range(g_count)), start.clone()
+    f, g = value_and_grad(x, ids)
     pairs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (s, y, 1 / s.y) per update
-    iterations = torch.zeros(len(x), dtype=torch.long, device=x.device)
-    for _ in range(max_iter):
-        active = g.abs().amax(dim=1) > tol
-        if not active.any():
-            break
-        iterations += active
-        # Two-loop recursion: d = -H g, with H from each problem's own (s, y) pairs.
+    gamma, stalled = torch.ones_like(f), torch.zeros_like(f, dtype=torch.bool)
+    for iteration in range(max_iter + 1):
+        grad_max = g.abs().amax(dim=1)
+        done = ((grad_max <= tol) | stalled).tolist() if iteration < max_iter else [True] * len(ids)
+        if any(done):  # retire finished problems from the batch
+            out = torch.tensor([i for i, stop in enumerate(done) if stop], device=x.device)
+            out_ids = torch.tensor([ids[i] for i in out.tolist()], device=x.device)
+            x_out[out_ids], grad_out[out_ids] = x[out], grad_max[out]
+            keep_list = [i for i, stop in enumerate(done) if not stop]
+            if not keep_list:
+                break
+            keep = torch.tensor(keep_list, device=x.device)
+            ids = [ids[i] for i in keep_list]
+            x, f, g, gamma, stalled = x[keep], f[keep], g[keep], gamma[keep], stalled[keep]
+            pairs = [(s[keep], y[keep], rho[keep]) for s, y, rho in pairs]
+        for p in ids:
+            iterations[p] += 1
+        # Two-loop recursion: direction = -H g, with H from each problem's own (s, y) pairs.
         q, alphas = g.clone(), []
         for s, y, rho in reversed(pairs):
             alpha = rho * (s * q).sum(dim=1)
             q -= alpha[:, None] * y
             alphas.append(alpha)
-        if pairs:
-            s, y, _ = pairs[-1]
-            yy = (y * y).sum(dim=1)
-            gamma = torch.where(yy > 0, (s * y).sum(dim=1) / yy.clamp_min(torch.finfo(yy.dtype).tiny), 1.0)
-        else:  # first step: length 1 along the steepest descent, the line search then scales it
-            gamma = 1.0 / g.norm(dim=1).clamp_min(torch.finfo(g.dtype).tiny)
-        q *= gamma[:, None]
+        q = gamma[:, None] * precondition(q, ids)
         for (s, y, rho), alpha in zip(pairs, reversed(alphas)):
             q += s * (alpha - rho * (y * q).sum(dim=1))[:, None]
-        direction = -q * active[:, None]
+        direction = -q
         slope = (g * direction).sum(dim=1)
         uphill = slope >= 0  # lost curvature information: restart along the gradient
-        direction = torch.where(uphill[:, None], -g * active[:, None], direction)
-        slope = torch.where(uphill, -(g * g).sum(dim=1) * active, slope)
+        direction = torch.where(uphill[:, None], -g, direction)
+        slope = torch.where(uphill, -(g * g).sum(dim=1), slope)
 
-        step = torch.ones_like(f)
+        step, f_new, g_new = torch.ones_like(f), f.clone(), g.clone()
+        pending = list(range(len(ids)))
         for _ in range(max_halvings):
-            f_new, g_new = value_and_grad(x + step[:, None] * direction)
-            accepted = f_new <= f + 1e-4 * step * slope
-            if accepted.all():
+            at = torch.tensor(pending, device=x.device)
+            f_at, g_at = value_and_grad(x[at] + step[at, None] * direction[at], [ids[i] for i in pending])
+            f_new[at], g_new[at] = f_at, g_at
+            armijo = f_at <= f[at] + 1e-4 * step[at] * slope[at]
+            approximate_wolfe = (f_at <= f[at] + 1e-6 * f[at].abs()) & (
+                (g_at * direction[at]).sum(dim=1) <= -(1 - 2e-4) * slope[at])
+            accepted = (armijo | approximate_wolfe).tolist()
+            pending = [i for i, ok in zip(pending, accepted) if not ok]
+            if not pending:
                 break
-            step = torch.where(accepted, step, step / 2)
-        else:  # problems that found no descent step stay where they are
-            step = torch.where(accepted, step, 0.0)
-            f_new, g_new = value_and_grad(x + step[:, None] * direction)
+            step[torch.tensor(pending, device=x.device)] /= 2
+        stalled = torch.zeros_like(stalled)
+        if pending:  # no descent step found: these stay put and leave the batch
+            at = torch.tensor(pending, device=x.device)
+            step[at], f_new[at], g_new[at], stalled[at] = 0.0, f[at], g[at], True
         s = step[:, None] * direction
         y = g_new - g
         sy = (s * y).sum(dim=1)
-        keep = sy > 1e-10 * (s.norm(dim=1) * y.norm(dim=1))  # curvature condition, else skip this pair
-        pairs.append((s * keep[:, None], y * keep[:, None], torch.where(keep, 1.0 / sy, 0.0)))
+        keep_pair = sy > 1e-10 * (s.norm(dim=1) * y.norm(dim=1))  # curvature condition, else skip this pair
+        y_h_y = (y * precondition(y, ids)).sum(dim=1)
+        gamma = torch.where(keep_pair & (y_h_y > 0), sy / y_h_y.clamp_min(torch.finfo(sy.dtype).tiny), gamma)
+        pairs.append((s * keep_pair[:, None], y * keep_pair[:, None], torch.where(keep_pair, 1.0 / sy, 0.0)))
         pairs = pairs[-history:]
         x, f, g = x + s, f_new, g_new
-    return x.detach(), g.abs().amax(dim=1), iterations
+    return x_out, grad_out, iterations
