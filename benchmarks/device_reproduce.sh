@@ -3,6 +3,7 @@
 # The data (../shared/data) does not travel, so it goes as a tar in 4 parts of < 60 MiB, one per
 # back-to-back call, into /tmp/zf (kept while the machine is warm). Code runs from .carry/src, a
 # `git archive HEAD` (what is committed, whatever the working tree holds).
+#   bash benchmarks/device_reproduce.sh setup            carry .whl .carry/src (installs the wheels)
 #   bash benchmarks/device_reproduce.sh smoke            carry .whl .carry/small .carry/src
 #   bash benchmarks/device_reproduce.sh stage PART [x]   carry .whl .carry/src .carry/PART; x: unpack after
 #   bash benchmarks/device_reproduce.sh run SELECTION    carry .whl .carry/src
@@ -35,6 +36,9 @@ pack() {  # figures, tables, records, logs (no checkpoints, no feature tables) -
 }
 
 case "$1" in
+setup)  # the wheels only (then the benchmarks: benchmarks/device_bench.sh)
+  nvidia-smi -L; nproc; python3 -c "import torch, dagster, duckdb; print(torch.__version__, dagster.__version__, duckdb.__version__)"
+  ;;
 smoke)
   nvidia-smi -L; nproc; python3 -c "import torch, dagster, duckdb; print(torch.__version__, dagster.__version__, duckdb.__version__)"
   export ZF_OUTPUT_ROOT=$Z/smoke ZF_IMAGENET_ROOT=$(pwd)/.carry/small/imagenette ZF_CALTECH101_ROOT=$(pwd)/.carry/small/caltech
