@@ -75,9 +75,20 @@ def test_normalize_projection_keeps_zero_grey_and_sign() -> None:
     p = torch.zeros(2, 3, 4, 4)
     p[0, 0, 1, 1], p[0, 1, 2, 2] = 2.0, -1.0
     p[1, 2, 0, 0] = 1e-3
-    n = normalize_projection(p)
+    n = normalize_projection(p, clip=1.0)
     assert n[0, 0, 1, 1] == 1.0 and n[0, 1, 2, 2] == 0.25 and n[0, 2, 3, 3] == 0.5
     assert n[1, 2, 0, 0] == 1.0  # each projection uses the full range on its own
+    assert normalize_projection(torch.zeros(3, 4, 4)).eq(0.5).all()
+
+
+def test_normalize_projection_is_not_washed_out_by_a_few_extreme_pixels() -> None:
+    gen = torch.Generator().manual_seed(0)
+    p = torch.randn(3, 32, 32, generator=gen)
+    p[0, 0, 0] = 1000.0  # one spike, 300x the rest
+    contrast = lambda n: (n - 0.5).abs().flatten()[1:].mean().item()
+    assert contrast(normalize_projection(p, clip=1.0)) < 0.01  # max|p|: all but the spike is grey
+    robust = normalize_projection(p)
+    assert contrast(robust) > 0.1 and robust[0, 0, 0] == 1.0 and robust.min() >= 0 and robust.max() <= 1
 
 
 def test_top9_grids_for_layers_1_and_2(tmp_path: Path) -> None:

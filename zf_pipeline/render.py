@@ -45,10 +45,17 @@ ImageSource = Callable[[str], torch.Tensor] | Mapping[str, torch.Tensor]
 ReceptiveField = tuple[int, int, int]  # (size, stride, offset), as zfnet.receptive_field returns
 
 
-def normalize_projection(p: torch.Tensor) -> torch.Tensor:
-    """``[..., 3, h, w]`` -> [0, 1] per projection: 0.5 + 0.5 * p / max|p| (zero stays mid-grey)."""
-    scale = p.abs().flatten(-3).amax(-1).clamp_min(1e-12)[..., None, None, None]
-    return 0.5 + 0.5 * p / scale
+def normalize_projection(p: torch.Tensor, clip: float = 0.995) -> torch.Tensor:
+    """``[..., 3, h, w]`` -> [0, 1] per projection: 0.5 + 0.5 * p / s, clipped, so zero stays mid-grey.
+
+    ``s`` is the ``clip`` quantile of |p| over the projection's nonzero pixels (``clip=1``: max|p|). A few
+    extreme pixels (a net trained briefly keeps high-frequency first-layer filters) would otherwise
+    squash the whole projection to grey.
+    """
+    flat = p.abs().flatten(-3).float()
+    scale = torch.nanquantile(flat.masked_fill(flat == 0, float("nan")), clip, dim=-1)
+    scale = scale.nan_to_num(1.0).clamp_min(1e-12)[..., None, None, None].to(p.dtype)
+    return (0.5 + 0.5 * p / scale).clamp(0, 1)
 
 
 def image_to_rgb(x: torch.Tensor, mean: torch.Tensor | None = None) -> torch.Tensor:
@@ -169,7 +176,7 @@ def top9_tiles(
         logger.info("top-9 %s: %d/%d maps projected", layer, min(start + maps_per_pass, len(channels)), len(channels))
     filters = None
     if layer == "conv1":
-        filters = normalize_projection(model.get_submodule("conv1").weight.detach()[channels].float().cpu())
+        filters = normalize_projection(model.get_submodule("conv1").weight.detach()[channels].float().cpu(), clip=1.0)
     return Top9Tiles(layer, channels, proj_tiles, patch_tiles, filters)
 
 
