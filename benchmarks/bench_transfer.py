@@ -125,7 +125,9 @@ def main() -> None:
     parser.add_argument("--cv-folds", type=int, default=3)
     parser.add_argument("--tol", type=float, default=1e-5)
     parser.add_argument("--max-iter", type=int, default=1000)
-    parser.add_argument("--dtype", default="float64", choices=["float32", "float64"])
+    parser.add_argument("--dtype", nargs="+", default=["float64"], choices=["float32", "float64", "tf32"],
+                        help="torch probe precision(s), each timed against the same scikit-learn run; "
+                             "tf32: float32 with TensorFloat-32 matrix products (CUDA)")
     parser.add_argument("--preconditioner-rank", type=int, default=256)
     parser.add_argument("--n-jobs", type=int, default=os.cpu_count(), help="parallel scikit-learn fits")
     parser.add_argument("--seed", type=int, default=0)
@@ -159,30 +161,33 @@ def main() -> None:
         else:
             cpu_s, cpu_acc = run_sweep(X, y, image_ids, splits, args.n_train, sklearn_splits, sklearn_config)
             timed = f"{len(sklearn_splits)} splits"
-        torch_s, torch_acc = run_sweep(X, y, image_ids, splits, args.n_train, range(args.splits),
-                                       ProbeConfig(backend="torch", device=args.device, dtype=args.dtype,
-                                                   preconditioner_rank=args.preconditioner_rank, **common))
-        cpu_total = float(np.mean(cpu_s)) * args.splits  # extrapolated when fewer splits were timed
-        same = torch_acc[: len(cpu_acc)]
-        results.append(
-            dict(kind=kind, features=list(X.shape), n_classes=int(y.max()) + 1, splits=args.splits,
-                 sklearn_timed=timed, c_grid=args.c_grid, cv_folds=args.cv_folds,
-                 sklearn_cpu_s=cpu_total, torch_s=float(np.sum(torch_s)), torch_split_s=torch_s,
-                 device=args.device, dtype=args.dtype, time_ratio=float(np.sum(torch_s)) / cpu_total,
-                 sklearn_accuracy=float(np.mean(cpu_acc)), torch_accuracy=float(np.mean(torch_acc)),
-                 torch_accuracy_same_splits=float(np.mean(same)),
-                 accuracy_diff=float(np.mean(same) - np.mean(cpu_acc)))
-        )
+        for dtype in args.dtype:
+            torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
+            torch_s, torch_acc = run_sweep(X, y, image_ids, splits, args.n_train, range(args.splits),
+                                           ProbeConfig(backend="torch", device=args.device,
+                                                       dtype="float32" if dtype == "tf32" else dtype,
+                                                       preconditioner_rank=args.preconditioner_rank, **common))
+            cpu_total = float(np.mean(cpu_s)) * args.splits  # extrapolated when fewer splits were timed
+            same = torch_acc[: len(cpu_acc)]
+            results.append(
+                dict(kind=kind, features=list(X.shape), n_classes=int(y.max()) + 1, splits=args.splits,
+                     sklearn_timed=timed, c_grid=args.c_grid, cv_folds=args.cv_folds,
+                     sklearn_cpu_s=cpu_total, torch_s=float(np.sum(torch_s)), torch_split_s=torch_s,
+                     device=args.device, dtype=dtype, time_ratio=float(np.sum(torch_s)) / cpu_total,
+                     sklearn_accuracy=float(np.mean(cpu_acc)), torch_accuracy=float(np.mean(torch_acc)),
+                     torch_accuracy_same_splits=float(np.mean(same)),
+                     accuracy_diff=float(np.mean(same) - np.mean(cpu_acc)))
+            )
 
     print(f"\nCaltech-256 sweep, {args.n_train}/class, {args.splits} splits, C grid {args.c_grid}, "
-          f"{args.cv_folds}-fold CV; features {list(X.shape)}; torch on {args.device} ({args.dtype}), "
+          f"{args.cv_folds}-fold CV; features {list(X.shape)}; torch on {args.device}, "
           f"sklearn on {args.n_jobs} CPU processes")
-    print("| classifier | sklearn CPU s | torch s | time ratio | sklearn acc % | torch acc % | diff (points) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| classifier | torch dtype | sklearn CPU s | torch s | time ratio | sklearn acc % | torch acc % | diff (points) |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
         timed = r["sklearn_timed"]
         extrapolated = "" if timed == f"{r['splits']} splits" else f" (estimated from {timed})"
-        print(f"| {r['kind']} | {r['sklearn_cpu_s']:.1f}{extrapolated} | {r['torch_s']:.1f} "
+        print(f"| {r['kind']} | {r['dtype']} | {r['sklearn_cpu_s']:.1f}{extrapolated} | {r['torch_s']:.1f} "
               f"| {100 * r['time_ratio']:.2f}% | {r['sklearn_accuracy']:.2f} "
               f"| {r['torch_accuracy_same_splits']:.2f} | {r['accuracy_diff']:+.2f} |")
     if args.json:
