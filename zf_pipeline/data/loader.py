@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from zf_pipeline.data.shards import ShardFormatError, iter_shard
+from zf_pipeline.data.shards import IncompleteShards, ShardFormatError, iter_shard, load_summary
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +49,13 @@ class Split:
 def open_split(root: str | Path) -> Split:
     """Read a shard folder's ``summary.json`` / ``classes.json``; fail clearly if it is incomplete."""
     root = Path(root)
-    summary_path = root / "summary.json"
-    if not summary_path.is_file():
-        raise ShardFormatError(f"{summary_path}: missing; expected a complete shard folder (summary.json is written last)")
     try:
-        summary = json.loads(summary_path.read_text())
+        summary = load_summary(root)
         classes = json.loads((root / "classes.json").read_text())["classes"]
         shards = tuple(root / name for name in summary["shards"])
         n, size = int(summary["images_written"]), int(summary["size"])
+    except IncompleteShards:
+        raise
     except (OSError, KeyError, ValueError) as e:
         raise ShardFormatError(f"{root}: summary.json/classes.json not as the shard contract expects: {e}") from e
     missing = [str(s) for s in shards if not s.is_file()]

@@ -70,7 +70,7 @@ class ShardFormatError(ValueError):
     """A shard folder or file does not follow the shard format contract; the message names the file."""
 
 
-class IncompleteShards(FileNotFoundError):
+class IncompleteShards(ShardFormatError, FileNotFoundError):
     """A shard folder without summary.json: never finished (or not a shard folder at all)."""
 
 
