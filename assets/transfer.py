@@ -183,9 +183,15 @@ def non_pretrained_runs(
             batches = ((x, y) for x, y, _ in loader.labelled_batches(data, 256, mean.device))
             probs, labels = evaluate.predict(result.model, batches, mean, run.crop, "center", run.input_scale)
             y_true, y_pred = labels.cpu().numpy(), probs.argmax(1).cpu().numpy()
+            # A net that never left chance (dead ReLUs from the first steps) is flagged, not silently averaged.
+            chance_err = 100.0 * (1 - 1 / len(images.classes))
+            learned = result.metrics[-1]["train_top1_err"] < 0.5 * chance_err
+            if not learned:
+                context.log.warning(f"non-pretrained {n_train}/class split {index}: train error stayed at "
+                                    f"{result.metrics[-1]['train_top1_err']:.1f}% (chance {chance_err:.1f}%)")
             row = protocol.run_row(y_true, y_pred, len(images.classes), method="non-pretrained", layer="fc8",
                                    classifier="softmax", n_train=n_train, split_index=index,
-                                   n_train_images=n_images)
+                                   n_train_images=n_images, converged=learned)
             return {"row": row}
 
         key = [TRAIN_CODE, TRANSFER_CODE, model["fingerprint"], dataset, n_train, index, cfg.seed, cfg.non_pretrained_epochs]

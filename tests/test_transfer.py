@@ -313,7 +313,10 @@ def test_tables_put_paper_numbers_beside_ours(tmp_path):
     ours30 = np.array(runs.filter(pc.equal(runs["n_train"], 30))["accuracy"].to_pylist())
     assert row["ours_mean"] == pytest.approx(ours30.mean()) and row["ours_std"] == pytest.approx(ours30.std())
     assert (row["paper_mean"], row["paper_std"]) == PAPER_TABLE4["ImageNet-pretrained convnet"][30]
-    assert "86.5 ± 0.5" in md4
+    assert "86.5 ± 0.5" in md4 and "Did not converge" not in md4
+    _, flagged = table4(pa.concat_tables([runs, pa.Table.from_pylist([{**scratch.to_pylist()[0], "converged": False}],
+                                                                     schema=runs.schema)]))
+    assert "Did not converge, included in the means: Non-pretrained convnet (convnet on fc8), 30/class, split 0." in flagged
 
     t5, _ = table5(runs)
     assert set(t5.filter(pc.equal(t5["row"], "(Sohn et al., 2011)"))["n_train"].to_pylist()) == {15, 30, 45, 60}

@@ -123,7 +123,20 @@ def _caltech_table(runs: pa.Table, paper: dict[str, dict[int, Score]], title: st
         cell = [cells.get(n, {}) for n in n_trains]
         lines.append([row] + [_fmt(c.get("ours_mean"), c.get("ours_std")) for c in cell]
                      + [_fmt(c.get("paper_mean"), c.get("paper_std")) for c in cell])
-    return table, f"**{title}** (mean per-class accuracy %, mean ± std over splits)\n\n" + _markdown(header, lines)
+    return table, (f"**{title}** (mean per-class accuracy %, mean ± std over splits)\n\n" + _markdown(header, lines)
+                   + _unconverged_note(runs))
+
+
+def _unconverged_note(runs: pa.Table) -> str:
+    """A line naming the runs that did not converge (a probe short of its tolerance, a network trained
+    from scratch that never learned): they stay in the means, so the table says so."""
+    bad = [r for r in runs.select(["method", "layer", "classifier", "n_train", "split_index", "converged"]).to_pylist()
+           if not r["converged"]]
+    if not bad:
+        return ""
+    names = [f"{METHOD_ROW.get(r['method'], r['method'])} ({r['classifier']} on {r['layer']}), {r['n_train']}/class, "
+             f"split {r['split_index']}" for r in bad]
+    return f"\n\nDid not converge, included in the means: {'; '.join(names)}."
 
 
 def table4(runs: pa.Table) -> tuple[pa.Table, str]:
