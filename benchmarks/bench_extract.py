@@ -9,6 +9,12 @@ synthetic host copies of the device outputs (the layout ``features._Writers.disp
 straight to the writer threads, no GPU work, i.e. the img/s ceiling the host puts on each pass, with
 the CPU time it costs (rows/s and MB/s per busy core). ``--host-only`` runs only those rows (no GPU needed).
 
+Every extraction row says where the loop's thread spent the pass (shares of its wall time): on the CPU
+(its thread CPU time: Python, kernel launches, spinning in CUDA calls), waiting for a free host slot
+(the device or the writers behind by ``features.RING_SLOTS`` batches), in the tail (after its last
+batch: the writers finishing their row groups), and the rest, blocked elsewhere: the GIL, or a CUDA
+call that sleeps. "until tail" is the img/s up to the last batch handed over.
+
     python benchmarks/bench_extract.py --device cuda                    # Krizhevsky's net, bf16, compiled
     python benchmarks/bench_extract.py --device cuda --breakdown        # + the pass without writers / top-k, writers alone
     python benchmarks/bench_extract.py --host-only --images 5120        # the writers alone, on this machine's cores
@@ -53,8 +59,9 @@ def forward_alone(model: torch.nn.Module, inputs: list[torch.Tensor], steps: int
     return steps * len(inputs[0]) / (time.perf_counter() - t)
 
 
-def extraction(model, inputs, steps: int, device, amp, compile: bool, out: Path, **layers) -> float:
-    """Images/s of zf_pipeline.features.extract over the same inputs (a short warm-up pass first)."""
+def extraction(model, inputs, steps: int, device, amp, compile: bool, out: Path, **layers) -> tuple[float, str]:
+    """Images/s of zf_pipeline.features.extract over the same inputs (a short warm-up pass first), and
+    where the loop's thread spent the timed pass."""
     labels = torch.zeros(len(inputs[0]), dtype=torch.long)
 
     def batches(n: int, offset: int):
@@ -65,12 +72,30 @@ def extraction(model, inputs, steps: int, device, amp, compile: bool, out: Path,
     kwargs = dict(split="bench", device=device, autocast=amp, compile=compile, **layers)
     extract(model, batches(2, 0), out / "warmup", **kwargs)
     synchronize(device)
-    t = time.perf_counter()
-    summary = extract(model, batches(steps, 2), out / "timed", **kwargs)
-    seconds = time.perf_counter() - t
+    waits = {"acquire": 0.0, "close": 0.0}
+
+    def timed(name: str):
+        method = getattr(features._HostRing, name)
+
+        def run(*args):
+            start = time.perf_counter()
+            try:
+                return method(*args)
+            finally:
+                waits[name] += time.perf_counter() - start
+
+        return mock.patch.object(features._HostRing, name, run)
+
+    with timed("acquire"), timed("close"):
+        t, cpu = time.perf_counter(), time.thread_time()
+        summary = extract(model, batches(steps, 2), out / "timed", **kwargs)
+        seconds, cpu = time.perf_counter() - t, time.thread_time() - cpu
     shutil.rmtree(out / "warmup")
     shutil.rmtree(out / "timed")
-    return summary.images / seconds
+    rest = seconds - cpu - waits["acquire"] - waits["close"]
+    return summary.images / seconds, (
+        f"{cpu / seconds:.0%} CPU, {waits['acquire'] / seconds:.0%} slot waits, {waits['close'] / seconds:.0%} tail, "
+        f"{rest / seconds:.0%} rest; until tail {summary.images / (seconds - waits['close']):,.0f} img/s")
 
 
 def writers_alone(model, sample: torch.Tensor, steps: int, out: Path, layers=features.FEATURE_LAYERS, activation_layers=None) -> str:
@@ -88,15 +113,15 @@ def writers_alone(model, sample: torch.Tensor, steps: int, out: Path, layers=fea
         return torch.stack([value, torch.randint(layer.height, value.shape, generator=g).short(), torch.randint(layer.width, value.shape, generator=g).short()])
 
     outputs = [
-        [torch.zeros(n, dtype=torch.long), *(block(info[a]) for a in acts),
-         *(torch.randn(n, info[f].vector_length, generator=g).relu().half() for f in layers)]
+        [torch.zeros(n, dtype=torch.long).numpy(), *(block(info[a]).numpy() for a in acts),
+         *(torch.randn(n, info[f].vector_length, generator=g).relu().half().numpy() for f in layers)]
         for _ in range(4)
     ]
     summary = features.ExtractionSummary(split="bench", images=0, k=9, layers=info, activation_layers=acts, feature_layers=list(layers))
     start, cpu = time.perf_counter(), os.times()
     writers = features._Writers(out / "writers", summary, features.ACTIVATION_ROW_GROUP_ROWS)
     for step in range(steps):
-        writers.dispatch(None, [f"img{step * n + j:08d}" for j in range(n)], outputs[step % len(outputs)])
+        writers.dispatch([f"img{step * n + j:08d}" for j in range(n)], outputs[step % len(outputs)])
     writers.close()
     wall, after = time.perf_counter() - start, os.times()
     busy = after.user + after.system - cpu.user - cpu.system
@@ -154,21 +179,22 @@ def main() -> None:
                 print(f"| {label.removeprefix('extract: ')} | {writers_alone(model, inputs[0], steps, out, **layers)} |", flush=True)
             return
         base = forward_alone(model, inputs, steps, device, amp, compile)
-        print("| pass | img/s | vs forward alone |\n| --- | --- | --- |")
-        print(f"| forward pass alone (to fc8){' compiled' if compile else ''} | {base:,.0f} | 1.00 |", flush=True)
+        print("| pass | img/s | vs forward alone | the loop's thread |\n| --- | --- | --- | --- |")
+        print(f"| forward pass alone (to fc8){' compiled' if compile else ''} | {base:,.0f} | 1.00 | |", flush=True)
         for label, layers in configs.items():
-            rate = extraction(model, inputs, steps, device, amp, compile, out, **layers)
-            print(f"| {label} | {rate:,.0f} | {rate / base:.2f} |", flush=True)
+            rate, loop = extraction(model, inputs, steps, device, amp, compile, out, **layers)
+            print(f"| {label} | {rate:,.0f} | {rate / base:.2f} | {loop} |", flush=True)
         if args.breakdown:  # where the time goes: the same activations-only pass with parts switched off
             acts = configs["extract: activations + top-9 of conv1-5, no features"]
-            no_writers = mock.patch.object(features._Writers, "dispatch", lambda self, event, *_: event and event.synchronize())
+            # The batches are still copied out of the slots (after the event): only the Parquet encoding is gone.
+            no_writers = mock.patch.object(features._Writers, "dispatch", lambda *_: None)
             no_topk = mock.patch.object(features.StreamingTopK, "update", lambda *_: None)
             for label, patches in {"no Parquet writers": [no_writers], "no writers, no top-k": [no_writers, no_topk]}.items():
                 with contextlib.ExitStack() as stack:
                     for patch in patches:
                         stack.enter_context(patch)
-                    rate = extraction(model, inputs, steps, device, amp, compile, out, **acts)
-                print(f"| activations-only pass, {label} | {rate:,.0f} | {rate / base:.2f} |", flush=True)
+                    rate, loop = extraction(model, inputs, steps, device, amp, compile, out, **acts)
+                print(f"| activations-only pass, {label} | {rate:,.0f} | {rate / base:.2f} | {loop} |", flush=True)
             print("\n| writers alone, synthetic outputs, no GPU work | img/s (the host's ceiling) | CPU cost |\n| --- | --- | --- |")
             for label, layers in configs.items():
                 print(f"| {label.removeprefix('extract: ')} | {writers_alone(model, inputs[0], steps, out, **layers)} |", flush=True)

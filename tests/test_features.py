@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 
 import duckdb
@@ -18,6 +20,7 @@ from zf_pipeline.features import (
     SUMMARY_FILE,
     ExtractionSummary,
     extract,
+    id_ranks,
     id_words,
     words_to_ids,
 )
@@ -199,11 +202,71 @@ def test_ablation_variant_without_layers_3_4(tmp_path: Path) -> None:
 
 def test_id_words_order_like_duckdb() -> None:
     ids = ["b", "a", "ab", "a0", "img_10", "img_9", "ü", "z" * 20, "", "A"]
-    words = id_words(ids, 3)
+    words = id_words(ids)
+    assert words.shape == (len(ids), 3)  # 20 bytes need 3 words of 7
     order = sorted(range(len(ids)), key=lambda i: tuple(words[i]))
     duck = [r[0] for r in duckdb.sql("SELECT unnest($ids) AS i ORDER BY i", params={"ids": ids}).fetchall()]
     assert [ids[i] for i in order] == duck
+    assert [ids[i] for i in np.argsort(id_ranks(words))] == duck
     assert words_to_ids(words) == ids
+    wide = id_words(pa.array(["x", *ids]).slice(1), 5)  # an Arrow slice reads its own rows
+    assert wide.shape == (len(ids), 5) and words_to_ids(wide) == ids
+    with pytest.raises(ValueError, match="None"):
+        id_words(["a", None])
+
+
+def test_loop_runs_ahead_of_the_writers_until_the_slots_are_used(tmp_path: Path, monkeypatch) -> None:
+    """The loop never waits for a batch's outputs: with the writers stalled it goes on until every host
+    slot holds a batch; the writers are fed off the loop's thread; nothing is lost once they resume."""
+    model = small_model()
+    images, ids = random_images(20), [f"i{i:02d}" for i in range(20)]
+    extract(model, batches_of(images, ids, 2), tmp_path / "plain", split="val")
+    gate, pulled, threads = threading.Event(), [], set()
+    dispatch = features._Writers.dispatch
+
+    def stalled(self, *args):
+        threads.add(threading.current_thread())
+        gate.wait()
+        dispatch(self, *args)
+
+    def counted():
+        for batch in batches_of(images, ids, 2):
+            pulled.append(batch)
+            yield batch
+
+    monkeypatch.setattr(features._Writers, "dispatch", stalled)
+    run = threading.Thread(target=extract, args=(model, counted(), tmp_path / "ring"), kwargs={"split": "val"})
+    run.start()
+    # Batch 1 is copied out of its slot before its dispatch stalls, so RING_SLOTS more batches fit; the
+    # next one is pulled and waits for a slot.
+    expected = features.RING_SLOTS + 2
+    deadline = time.monotonic() + 60
+    while len(pulled) < expected and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)
+    assert len(pulled) == expected
+    gate.set()
+    run.join(60)
+    assert not run.is_alive() and threading.main_thread() not in threads and threads
+    for table in ("activations", "features"):
+        assert read(tmp_path / "plain", table) == read(tmp_path / "ring", table)
+
+
+def test_a_writer_error_stops_the_pass_without_hanging(tmp_path: Path, monkeypatch) -> None:
+    """More batches than the slots and the writer queues hold: a failing writer must not leave the loop
+    waiting for a slot or a queue forever."""
+    calls = []
+
+    def failing(self, *args):
+        calls.append(1)
+        if len(calls) == 5:
+            raise OSError("disk full")
+
+    monkeypatch.setattr(features.PartitionWriter, "append", failing)
+    images, ids = random_images(60), [f"i{i:02d}" for i in range(60)]
+    with pytest.raises(RuntimeError, match="disk full"):
+        extract(small_model(), batches_of(images, ids, 1), tmp_path / "x", split="val", layers=("conv1",))
+    assert not (tmp_path / "x").exists()
 
 
 def test_query_views_and_views_sql(tmp_path: Path) -> None:
@@ -233,16 +296,34 @@ def test_query_views_and_views_sql(tmp_path: Path) -> None:
 
 
 def test_several_writer_threads_per_partition_match_one(tmp_path: Path, monkeypatch) -> None:
-    """With many cores each partition gets several writer threads, each with its own files: same rows."""
+    """With many cores each partition gets several writer threads, each with its own files: same rows.
+    The threads take whole row groups in turn: row group g holds the next images of the stream and lies
+    in file g mod threads; a partition whose images fit one row group is written by one thread."""
     model = small_model()
     images, ids = random_images(23), [f"img_{i:03d}" for i in range(23)]
     extract(model, batches_of(images, ids, 23), tmp_path / "one", split="train")
     monkeypatch.setattr(features.os, "cpu_count", lambda: 64)
-    extract(model, batches_of(images, ids, 3), tmp_path / "threads", split="train", row_group_rows=30)
+    summary = extract(model, batches_of(images, ids, 3), tmp_path / "threads", split="train", row_group_rows=100)
     for table in ("activations", "features"):
         assert read(tmp_path / "one", table) == read(tmp_path / "threads", table)
-    names = {p.name for p in (tmp_path / "threads" / "features" / "layer=conv3").glob("*.parquet")}
-    assert names == {f"part-{i:05d}.parquet" for i in range(features.MAX_THREADS_PER_PARTITION)}
+    several = 0
+    for name, info in summary.layers.items():
+        per_group = max(1, 100 // info.channels)
+        files = sorted((tmp_path / "threads" / "activations" / f"layer={name}").glob("*.parquet"))
+        assert [f.name for f in files] == [f"part-{i:05d}.parquet" for i in range(len(files))]
+        groups = {}  # first image -> (file, images)
+        for i, f in enumerate(files):
+            parquet = pq.ParquetFile(f)
+            for g in range(parquet.num_row_groups):
+                group = list(dict.fromkeys(parquet.read_row_group(g, columns=["image_id"]).column(0).to_pylist()))
+                groups[ids.index(group[0])] = (i, group)
+        assert sorted(groups) == list(range(0, 23, per_group))
+        for g, first in enumerate(sorted(groups)):
+            file, group = groups[first]
+            assert group == ids[first : first + per_group] and file == g % len(files)
+        several += len(files) > 1
+    assert several >= 2  # the check above did see threads in turn
+    assert [p.name for p in (tmp_path / "threads" / "features" / "layer=conv3").glob("*.parquet")] == ["part-00000.parquet"]
 
 
 def test_channels_last_gives_the_same_maxima_and_positions(tmp_path: Path) -> None:

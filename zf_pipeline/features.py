@@ -21,6 +21,7 @@ Everything is written inside a temporary folder renamed onto ``out_dir`` at the 
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import logging
 import math
@@ -28,7 +29,6 @@ import os
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -82,7 +82,9 @@ ROW_GROUPS_PER_FILE = 64
 # One encoder thread does ~14M activation rows/s or ~70M vector values/s (zstd 1): at 50k img/s conv5's
 # 9,216-value vectors alone need ~7 threads. Threads hold the GIL only for microseconds a batch.
 MAX_THREADS_PER_PARTITION = 8
-PIPELINE_DEPTH = 2  # batches in flight on the device before the host waits for the oldest one's copies
+# Host buffers (pinned on CUDA) that batches cross between the device and the writers: the loop waits
+# only to reuse one, i.e. when the device or the writers are RING_SLOTS batches behind it.
+RING_SLOTS = 4
 
 
 def feature_schema(length: int, dtype: pa.DataType = pa.float16()) -> pa.Schema:
@@ -180,7 +182,7 @@ class PartitionWriter:
                 self.pending.insert(0, (ids[k:], labels[k:], tuple(a[k:] for a in arrays)))
             count += k
         self.pending_images -= n
-        ids = [i for batch in group for i in batch[0]]
+        ids = list(itertools.chain.from_iterable(batch[0] for batch in group))  # no Python loop per id under the GIL
         labels = np.concatenate([batch[1] for batch in group])
         table = self.make_table(ids, labels, *([batch[2][j] for batch in group] for j in range(len(group[0][2]))))
         if self.writer is None or self.groups_in_file >= ROW_GROUPS_PER_FILE:
@@ -263,12 +265,30 @@ def _orderable(value: torch.Tensor) -> torch.Tensor:
     return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).long()
 
 
-def id_words(image_ids: Sequence[str], words: int) -> np.ndarray:
-    """image_ids as [N, words] int64: 7 UTF-8 bytes per word, NUL-padded, so that comparing the words
-    lexicographically compares the ids as DuckDB does (byte order; a prefix sorts first)."""
-    raw = np.array([s.encode() for s in image_ids], dtype=f"S{7 * words}")
-    b = raw.view(np.uint8).reshape(len(image_ids), words, 7).astype(np.int64)
+def id_words(image_ids: Sequence[str] | pa.StringArray, words: int = 0) -> np.ndarray:
+    """image_ids as [N, W] int64: 7 UTF-8 bytes per word, NUL-padded, so that comparing the words
+    lexicographically compares the ids as DuckDB does (byte order; a prefix sorts first). W is ``words``
+    (at least 1), or more where the longest id needs more. Arrow encodes, numpy pads: no Python work per id."""
+    ids = image_ids if isinstance(image_ids, pa.StringArray) else pa.array(image_ids, pa.string())
+    if ids.null_count:
+        raise ValueError("image_ids: None is not an image id")
+    offsets = np.frombuffer(ids.buffers()[1], np.int32)[ids.offset : ids.offset + len(ids) + 1]
+    data = np.frombuffer(ids.buffers()[2], np.uint8) if ids.buffers()[2] is not None else np.zeros(0, np.uint8)
+    lengths = np.diff(offsets)
+    words = max(words, 1, -(-int(lengths.max(initial=0)) // 7))
+    column = np.arange(7 * words)
+    at = np.minimum(offsets[:-1, None] + column, len(data) - 1)
+    raw = np.where(column < lengths[:, None], data[at] if len(data) else 0, 0)
+    b = raw.reshape(len(ids), words, 7).astype(np.int64)
     return (b << (8 * np.arange(6, -1, -1, dtype=np.int64))).sum(axis=2)
+
+
+def id_ranks(words: np.ndarray) -> np.ndarray:
+    """Each image's place in its batch by id, from :func:`id_words` (distinct ids)."""
+    order = np.lexsort(words.T[::-1])  # np.lexsort's last key is the most significant
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return rank
 
 
 def words_to_ids(words: np.ndarray) -> list[str]:
@@ -276,13 +296,6 @@ def words_to_ids(words: np.ndarray) -> list[str]:
     b = (words[..., None] >> (8 * np.arange(6, -1, -1, dtype=np.int64))) & 0xFF
     raw = b.astype(np.uint8).reshape(len(words), -1)
     return [bytes(r).rstrip(b"\0").decode() for r in raw]
-
-
-def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Copy a host tensor without stalling the host: from pageable memory CUDA may sync the stream first."""
-    if device.type == "cuda" and t.device.type == "cpu" and not t.is_pinned():
-        t = t.pin_memory()
-    return t.to(device, non_blocking=True)
 
 
 def _lexsort_rows(keys: list[tuple[torch.Tensor, bool]]) -> torch.Tensor:
@@ -310,20 +323,17 @@ class StreamingTopK:
         self.pos = torch.zeros((maps, k), dtype=torch.long, device=device)
         self.label = torch.full((maps, k), -1, dtype=torch.long, device=device)
 
-    def update(self, value: torch.Tensor, pos: torch.Tensor, labels: torch.Tensor, image_ids: Sequence[str]) -> None:
-        """Merge one batch: value and pos [N, maps], labels [N] on the device."""
-        n = len(image_ids)
-        words = max(self.words, -(-max(len(s.encode()) for s in image_ids) // 7))
+    def update(self, value: torch.Tensor, pos: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor, rank: torch.Tensor) -> None:
+        """Merge one batch, all on the device: value and pos [N, maps], labels [N], the image ids as
+        :func:`id_words` [N, W] and :func:`id_ranks` [N]."""
+        words = max(self.words, ids.shape[1])
         if words > self.words:  # longer ids than seen so far: NUL-pad the running words
             self.ids = F.pad(self.ids, (0, words - self.words))
             self.words = words
-        rank = np.empty(n, dtype=np.int64)
-        rank[np.argsort(np.array(image_ids, dtype=object), kind="stable")] = np.arange(n)
-        rank_t = _to_device(torch.from_numpy(rank), self.device)
-        ids_t = _to_device(torch.from_numpy(id_words(image_ids, words)), self.device)
+        ids_t = F.pad(ids, (0, words - ids.shape[1])) if ids.shape[1] < words else ids
         v = value.float()
-        key = (_orderable(v) << 32) + (0xFFFFFFFF - rank_t)[:, None]
-        top = torch.topk(key, min(self.k, n), dim=0).indices.T  # [maps, k']
+        key = (_orderable(v) << 32) + (0xFFFFFFFF - rank)[:, None]
+        top = torch.topk(key, min(self.k, len(rank)), dim=0).indices.T  # [maps, k']
         cand_value = torch.cat([self.value, v.T.gather(1, top)], dim=1)
         cand_ids = torch.cat([self.ids, ids_t[top]], dim=1)
         cand_pos = torch.cat([self.pos, pos.T.long().gather(1, top)], dim=1)
@@ -468,10 +478,8 @@ def extract(
     seen: set[str] = set()
     with atomic_path(out_dir) as tmp:
         writers: _Writers | None = None
+        ring: _HostRing | None = None
         topk: StreamingTopK | None = None
-        # Batches whose device-to-host copies are queued; the host waits for the oldest only when
-        # PIPELINE_DEPTH are in flight, so the device always has the next batch's work queued.
-        pending: deque = deque()
         try:
             for images, labels, image_ids in batches:
                 image_ids = list(image_ids)
@@ -480,6 +488,7 @@ def extract(
                 if writers is None:
                     summary.layers = _layer_shapes(model, images, act_layers, layers)
                     writers = _Writers(Path(tmp), summary, row_group_rows)
+                    ring = _HostRing(writers, device)
                     maps = sum(summary.layers[n].channels for n in act_layers)
                     topk = StreamingTopK(maps, k, device) if maps else None
                     finite = torch.ones((), dtype=torch.bool, device=device)
@@ -488,35 +497,38 @@ def extract(
                     widths = torch.tensor([summary.layers[n].width for n in act_layers for _ in range(summary.layers[n].channels)],
                                           dtype=torch.int32, device=device)
                     columns = _column_slices([summary.layers[n].channels for n in act_layers])
+                slot = ring.acquire()  # the loop's only wait: for a slot the copier has not emptied yet
                 with torch.inference_mode():
+                    # The small inputs go up in one copy from the slot's pinned buffer, as int64 rows: the
+                    # labels when they come on the host, then the top-k's id keys (rank in the batch, words).
+                    on_host = labels.device.type == "cpu"
+                    rows = [labels.numpy().astype(np.int64)[None]] if on_host else []
+                    if topk is not None:
+                        words = id_words(image_ids)
+                        rows += [id_ranks(words)[None], words.T]
+                    up = slot.upload(np.concatenate(rows)) if rows else None
+                    labels = up[0] if on_host else labels.to(device, non_blocking=True)
                     with torch.autocast(device.type, autocast or torch.float32, enabled=autocast is not None):
                         value, pos, vectors = summarize(model, forward(images, names), act_layers, layers)
                     # Checked once at the end: a check per batch would make the host wait for the device.
                     finite = finite & torch.isfinite(value).all()
                     if topk is not None:
-                        topk.update(value, pos, _to_device(labels, device), image_ids)
+                        topk.update(value, pos, labels, up[int(on_host) + 1 :].T, up[int(on_host)])
                     y = torch.div(pos, widths, rounding_mode="floor")
                     x = (pos - y * widths).short()
                     y = y.short()
                     # One contiguous [3, N, C] int16 block per layer (value bits, y, x): the host gets each
                     # partition's columns ready to wrap, with no slicing or copying under the GIL.
                     packed = [torch.stack([value[:, c].view(torch.int16), y[:, c], x[:, c]]) for c in columns]
-                    host = [t.to("cpu", non_blocking=True) for t in (labels, *packed, *vectors.values())]
-                event = torch.cuda.Event() if device.type == "cuda" else None
-                if event is not None:
-                    event.record()
-                pending.append((event, image_ids, host))
-                if len(pending) > PIPELINE_DEPTH:
-                    writers.dispatch(*pending.popleft())
+                    slot.download(writers.pack(labels, packed, list(vectors.values())))
+                ring.send(slot, image_ids)
                 summary.images += len(image_ids)
                 if time.monotonic() - last_log >= 10:
                     last_log = time.monotonic()
                     log.info("extraction of %r: %d images, %.0f img/s", split, summary.images, summary.images / (last_log - started))
-            while pending:
-                writers.dispatch(*pending.popleft())
         finally:
-            if writers is not None:
-                writers.close()
+            if ring is not None:
+                ring.close()  # drains the slots, then closes the writers
         if writers is None:
             raise ValueError(f"no batches: nothing to extract for split {split!r}")
         if not finite:
@@ -548,7 +560,12 @@ def _check_batch(images: torch.Tensor, labels: torch.Tensor, image_ids: list[str
 
 class _Writers:
     """The writer threads of one pass: for every activations and features partition, one or more threads,
-    each with its own files, taking whole batches in turn (so row order inside a file stays image order)."""
+    each with its own files, taking whole row groups in turn (so row order inside a file stays image order).
+
+    Whole row groups, not whole batches: a thread starts encoding as soon as the images of one row group
+    have come, and the pass ends with one partial row group per partition left to encode, not one per
+    thread (with batches in turn, a 25,600-image pass left nearly all its encoding until after its last batch).
+    """
 
     def __init__(self, root: Path, summary: ExtractionSummary, row_group_rows: int):
         acts = [summary.layers[name] for name in summary.activation_layers]
@@ -568,22 +585,46 @@ class _Writers:
             rows = max(1, FEATURE_ROW_GROUP_BYTES // (2 * info.vector_length))
             make = _feature_rows(summary.split, schema)
             self.features.append(_start(next(counts), root / "features", name, 1, rows, make, schema, FEATURE_WRITE_OPTIONS))
-        self.threads = [t for threads in self.activations + self.features for t in threads]
-        self.batches = 0
+        self.partitions = self.activations + self.features
+        self.threads = [t for threads in self.partitions for t in threads]
+        # Per partition: the thread whose row group is filling, and the images it has of it.
+        self.turn = [0] * len(self.partitions)
+        self.filled = [0] * len(self.partitions)
+        self.channels = [info.channels for info in acts]
+        self.lengths = [info.vector_length for info in feats]
 
-    def dispatch(self, event, image_ids: list[str], host: list[torch.Tensor]) -> None:
-        """Hand one batch's host copies to the writers once its copies are done: labels [N], then per
-        activations layer an int16 [3, N, C] block (float16 value bits, y, x), then the [N, length] vectors."""
-        if event is not None:
-            event.synchronize()
-        labels, *arrays = (t.numpy() for t in host)
-        blocks, vectors = arrays[: len(self.activations)], arrays[len(self.activations) :]
-        turn = self.batches
-        self.batches += 1
-        for threads, (value, y, x) in zip(self.activations, blocks):
-            threads[turn % len(threads)].put((image_ids, labels, value.view(np.float16), y, x))
-        for threads, vector in zip(self.features, vectors):
-            threads[turn % len(threads)].put((image_ids, labels, vector))
+    @staticmethod
+    def pack(labels: torch.Tensor, blocks: Sequence[torch.Tensor], vectors: Sequence[torch.Tensor]) -> torch.Tensor:
+        """One batch's outputs as one flat int16 tensor, for a single device-to-host copy: labels [N] (int64),
+        then per activations layer an int16 [3, N, C] block (float16 value bits, y, x), then the [N, length]
+        float16 vectors."""
+        return torch.cat([labels.long().reshape(-1).view(torch.int16), *(b.reshape(-1) for b in blocks),
+                          *(v.reshape(-1).view(torch.int16) for v in vectors)])
+
+    def unpack(self, flat: torch.Tensor, n: int) -> list[torch.Tensor]:
+        """Views of :meth:`pack`'s parts of an ``n``-image batch in ``flat``: labels, the blocks, the vectors."""
+        sizes = [4 * n] + [3 * n * c for c in self.channels] + [n * length for length in self.lengths]
+        labels, *parts = flat[: sum(sizes)].split(sizes)
+        blocks = [p.view(3, n, c) for p, c in zip(parts, self.channels)]
+        vectors = [p.view(torch.float16).view(n, length) for p, length in zip(parts[len(blocks) :], self.lengths)]
+        return [labels.view(torch.int64), *blocks, *vectors]
+
+    def dispatch(self, image_ids: list[str], host: Sequence[np.ndarray]) -> None:
+        """Hand one batch's outputs, on the host in :meth:`unpack`'s layout, to the writer threads; a batch
+        that completes a row group is split (views), its rest going to the partition's next thread."""
+        labels, *arrays = host
+        columns = [(value.view(np.float16), y, x) for value, y, x in arrays[: len(self.activations)]]
+        columns += [(vector,) for vector in arrays[len(self.activations) :]]
+        for p, (threads, partition) in enumerate(zip(self.partitions, columns)):
+            per_group = threads[0].writer.images_per_group
+            start = 0
+            while start < len(image_ids):
+                end = min(len(image_ids), start + per_group - self.filled[p])
+                threads[self.turn[p]].put((image_ids[start:end], labels[start:end], *(c[start:end] for c in partition)))
+                self.filled[p] += end - start
+                if self.filled[p] == per_group:
+                    self.filled[p], self.turn[p] = 0, (self.turn[p] + 1) % len(threads)
+                start = end
 
     def close(self) -> None:
         """Drain the queues, close the files; raise the first writer error."""
@@ -598,6 +639,95 @@ class _Writers:
     @property
     def activation_rows(self) -> int:
         return sum(t.writer.rows for threads in self.activations for t in threads)
+
+
+class _Slot:
+    """One batch's host buffers, pinned on CUDA so that neither copy waits: ``up`` stages the batch's small
+    inputs for the device, ``down`` receives its packed outputs; ``event`` marks both copies done."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.pinned = device.type == "cuda"
+        self.up = torch.empty(0, dtype=torch.int64)
+        self.down = torch.empty(0, dtype=torch.int16)
+        # blocking: the copier thread sleeps in synchronize() instead of spinning on a core the writers need.
+        self.event = torch.cuda.Event(blocking=True) if self.pinned else None
+
+    def _room(self, buffer: torch.Tensor, numel: int) -> torch.Tensor:
+        """``buffer``, or a larger one (a longer batch or longer ids: allocated once, then reused)."""
+        return buffer if buffer.numel() >= numel else torch.empty(numel, dtype=buffer.dtype, pin_memory=self.pinned)
+
+    def upload(self, rows: np.ndarray) -> torch.Tensor:
+        """int64 ``rows`` on the device, copied from ``up`` (from pageable memory the copy may sync the stream)."""
+        self.up = self._room(self.up, rows.size)
+        staged = self.up[: rows.size].view(rows.shape).copy_(torch.from_numpy(rows))
+        return staged.to(self.device, non_blocking=True)
+
+    def download(self, flat: torch.Tensor) -> None:
+        """Queue the copy of the device's packed outputs into ``down``, then the event the copier waits on."""
+        self.down = self._room(self.down, flat.numel())
+        self.down[: flat.numel()].copy_(flat, non_blocking=True)
+        if self.event is not None:
+            self.event.record(torch.cuda.current_stream(self.device))
+
+
+class _HostRing(threading.Thread):
+    """RING_SLOTS slots between the extraction loop and the writers, and the thread that empties them.
+
+    The loop takes a free slot (it waits only while none is free), queues its batch's copies into it
+    and sends it here, in batch order. This thread waits for the slot's event, copies each partition's
+    part out into its own pageable array (the writers buffer parts for whole row groups, far longer
+    than a slot can wait), frees the slot and hands the parts to the writer threads. So the loop never
+    waits for the device, and a writer behind by a row group holds no slot.
+    """
+
+    def __init__(self, writers: _Writers, device: torch.device, slots: int = RING_SLOTS):
+        super().__init__(daemon=True)
+        self.writers = writers
+        self.free: queue.Queue[_Slot] = queue.Queue()
+        for _ in range(slots):
+            self.free.put(_Slot(device))
+        self.queue: queue.Queue = queue.Queue()  # never more than `slots` batches: each holds a slot
+        self.error: BaseException | None = None
+        self.start()
+
+    def acquire(self) -> _Slot:
+        slot = self.free.get()
+        if self.error is not None:
+            raise RuntimeError("handing the batches to the writers failed") from self.error
+        return slot
+
+    def send(self, slot: _Slot, image_ids: list[str]) -> None:
+        self.queue.put((slot, image_ids))
+
+    def run(self) -> None:
+        while (item := self.queue.get()) is not None:
+            slot, image_ids = item
+            host = None
+            try:
+                if slot.event is not None:
+                    slot.event.synchronize()  # without the GIL
+                if self.error is None:
+                    # torch's copy_ runs without the GIL; a numpy copy could hold it.
+                    parts = self.writers.unpack(slot.down, len(image_ids))
+                    host = [torch.empty(p.shape, dtype=p.dtype).copy_(p).numpy() for p in parts]
+            except BaseException as e:  # noqa: BLE001 - re-raised in the loop's thread
+                self.error = e
+            finally:
+                self.free.put(slot)  # freed even after an error: the loop must not wait for it forever
+            if host is not None:
+                try:
+                    self.writers.dispatch(image_ids, host)
+                except BaseException as e:  # noqa: BLE001
+                    self.error = e
+
+    def close(self) -> None:
+        """Empty the slots, close the writers; raise the first error."""
+        self.queue.put(None)
+        self.join()
+        self.writers.close()
+        if self.error is not None:
+            raise RuntimeError("handing the batches to the writers failed") from self.error
 
 
 def _column_slices(channels: Sequence[int]) -> list[slice]:
