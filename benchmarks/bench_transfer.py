@@ -70,13 +70,33 @@ def run_sweep(X, y, image_ids, splits, n_train, split_indices, config):
     seconds, accuracies = [], []
     for k in split_indices:
         train, test = split_rows(splits, image_ids, n_train, k)
+        X_train, y_train = X[train], y[train]  # selecting the split's rows is not part of the sweep
         start = time.perf_counter()
-        probe = fit_probe(X[train], y[train], config)
+        probe = fit_probe(X_train, y_train, config)
         seconds.append(time.perf_counter() - start)
         accuracies.append(mean_per_class_accuracy_from_predictions(y[test], probe.predict(X[test]), n_classes))
         log.info("%s %s split %d: %.1f s, %.2f%%, C=%g, converged=%s", config.backend, config.kind, k,
                  seconds[-1], accuracies[-1], probe.c, probe.converged)
     return seconds, accuracies
+
+
+def profile_split(X, y, image_ids, splits, n_train, config: ProbeConfig) -> None:
+    """Split 0's torch sweep under torch.profiler (untimed): time per op on the device, and the host-device
+    synchronizations (cudaStreamSynchronize: .item(), .tolist(), blocking copies) and copies it made."""
+    from torch.profiler import ProfilerActivity, profile
+
+    train, _ = split_rows(splits, image_ids, n_train, 0)
+    X_train, y_train = X[train], y[train]
+    cuda = config.device.startswith("cuda")
+    with profile(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * cuda) as prof:
+        start = time.perf_counter()
+        fit_probe(X_train, y_train, config)
+        wall = time.perf_counter() - start
+    events = prof.key_averages()
+    print(events.table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total", row_limit=30))
+    runtime = {e.key: e.count for e in events if e.key.startswith(("cudaStreamSynchronize", "cudaDeviceSynchronize",
+                                                                    "cudaEventSynchronize", "cudaMemcpy"))}
+    print(f"profiled {config.kind} {config.dtype} split 0: {wall:.2f} s under the profiler; runtime calls {runtime}")
 
 
 def _time_binary(Xp: np.ndarray, positive: np.ndarray, c: float, config: ProbeConfig) -> tuple[float, float]:
@@ -132,6 +152,8 @@ def main() -> None:
     parser.add_argument("--n-jobs", type=int, default=os.cpu_count(), help="parallel scikit-learn fits")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write the results here too")
+    parser.add_argument("--profile", action="store_true",
+                        help="then profile split 0's torch sweep once per kind (first --dtype), untimed")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
@@ -161,12 +183,14 @@ def main() -> None:
         else:
             cpu_s, cpu_acc = run_sweep(X, y, image_ids, splits, args.n_train, sklearn_splits, sklearn_config)
             timed = f"{len(sklearn_splits)} splits"
-        for dtype in args.dtype:
+        def torch_config(dtype: str) -> ProbeConfig:  # also sets the global TF32 switch for matrix products
             torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
+            return ProbeConfig(backend="torch", device=args.device, dtype="float32" if dtype == "tf32" else dtype,
+                               preconditioner_rank=args.preconditioner_rank, **common)
+
+        for dtype in args.dtype:
             torch_s, torch_acc = run_sweep(X, y, image_ids, splits, args.n_train, range(args.splits),
-                                           ProbeConfig(backend="torch", device=args.device,
-                                                       dtype="float32" if dtype == "tf32" else dtype,
-                                                       preconditioner_rank=args.preconditioner_rank, **common))
+                                           torch_config(dtype))
             cpu_total = float(np.mean(cpu_s)) * args.splits  # extrapolated when fewer splits were timed
             same = torch_acc[: len(cpu_acc)]
             results.append(
@@ -178,6 +202,8 @@ def main() -> None:
                      torch_accuracy_same_splits=float(np.mean(same)),
                      accuracy_diff=float(np.mean(same) - np.mean(cpu_acc)))
             )
+        if args.profile:
+            profile_split(X, y, image_ids, splits, args.n_train, torch_config(args.dtype[0]))
 
     print(f"\nCaltech-256 sweep, {args.n_train}/class, {args.splits} splits, C grid {args.c_grid}, "
           f"{args.cv_folds}-fold CV; features {list(X.shape)}; torch on {args.device}, "

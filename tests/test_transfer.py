@@ -217,6 +217,28 @@ def test_low_rank_spectrum_matches_eigh():
     torch.testing.assert_close(basis.T @ basis, torch.eye(6, dtype=torch.float64))
 
 
+def test_solver_waits_for_the_device_once_per_evaluation(monkeypatch):
+    # On a GPU every .tolist()/.item() waits for all queued work. The solver reads its acceptance and
+    # convergence flags in one copy per evaluation (the unit step, or a backtracking round), plus once at the
+    # start and once for the results.
+    X, y, _ = make_features([30] * 5, dim=24, separation=0.5, seed=2)
+    counts = {"read": 0, "evaluations": 0}
+
+    def counted(real, key):
+        def call(*args, **kwargs):
+            counts[key] += 1
+            return real(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(torch.Tensor, "tolist", counted(torch.Tensor.tolist, "read"))
+    monkeypatch.setattr(torch.Tensor, "item", counted(torch.Tensor.item, "read"))
+    objective = probes_module._SweepObjective
+    monkeypatch.setattr(objective, "value_and_grad", counted(objective.value_and_grad, "evaluations"))
+    probe = fit_probe(X, y, ProbeConfig(backend="torch", c_grid=(0.1, 10.0, 1000.0), cv_folds=2))
+    assert probe.converged and counts["evaluations"] > 20  # C = 1000 takes many iterations
+    assert counts["read"] <= counts["evaluations"] + 1
+
+
 def test_probe_records_non_convergence():
     X, y, _ = make_features([20] * 4, dim=16)
     probe = fit_probe(X, y, ProbeConfig(backend="torch", c_grid=(1000.0,), max_iter=2, tol=1e-10))

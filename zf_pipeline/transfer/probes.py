@@ -108,11 +108,13 @@ class Probe:
         return scores / scores.sum(axis=1, keepdims=True)
 
 
+def _l2_normalized(X: torch.Tensor) -> torch.Tensor:  # on any device, for the numpy API and the sweeps alike
+    return X / torch.linalg.vector_norm(X, dim=1, keepdim=True).clamp_min(torch.finfo(X.dtype).tiny)
+
+
 def l2_normalize(X: np.ndarray) -> np.ndarray:
     """Each row scaled to unit L2 norm (all-zero rows stay zero), as float32."""
-    X = np.asarray(X, dtype=np.float32)
-    norms = np.linalg.norm(X, axis=1, keepdims=True)
-    return X / np.maximum(norms, np.finfo(np.float32).tiny)
+    return _l2_normalized(torch.tensor(np.asarray(X, dtype=np.float32))).numpy()
 
 
 def preprocess(X: np.ndarray, mean: np.ndarray) -> np.ndarray:
@@ -147,30 +149,26 @@ def fit_probe(X: np.ndarray, y: np.ndarray, config: ProbeConfig, groups: np.ndar
     classes, y_index = np.unique(y, return_inverse=True)
     if classes.size < 2:
         raise ValueError(f"need at least two classes to train a classifier, got {classes.tolist()}")
-    mean = l2_normalize(X).mean(axis=0)
-    Xp = preprocess(X, mean)
     c_grid, folds, problems = sweep_problems(y_index, config, groups)
     solve = _sweep_torch if config.backend == "torch" else _sweep_sklearn
-    weights, biases, converged, iterations = solve(Xp, y_index, classes.size, problems, config)
+    sweep = solve(X, y_index, classes.size, problems, config)
 
-    cv_accuracy: dict[float, float] = {}
-    for ci, c in enumerate(c_grid):
-        scores = []
-        for fi, (_, held_out) in enumerate(folds):
-            g = ci * len(folds) + fi
-            predicted = np.argmax(Xp[held_out] @ weights[g] + biases[g], axis=1)
-            scores.append(mean_per_class_accuracy_from_predictions(y_index[held_out], predicted, classes.size))
-        if scores:
-            cv_accuracy[c] = float(np.mean(scores))
+    scores = np.empty((len(c_grid), len(folds)))
+    for fi, (_, held_out) in enumerate(folds):  # problem ci * len(folds) + fi holds out fold fi's rows
+        predicted = sweep.predict(held_out, range(fi, len(c_grid) * len(folds), len(folds)))
+        scores[:, fi] = [mean_per_class_accuracy_from_predictions(y_index[held_out], p, classes.size)
+                         for p in predicted]
+    cv_accuracy = {c: float(scores[ci].mean()) for ci, c in enumerate(c_grid)} if folds else {}
     best = max(range(len(c_grid)), key=lambda ci: (cv_accuracy.get(c_grid[ci], 0.0), -ci))
     final = len(c_grid) * len(folds) + best
-    if not all(converged):
+    if not all(sweep.converged):
         log.warning("%s %s probe: %d of %d fits did not reach tol=%g in %d iterations",
-                    config.backend, config.kind, len(converged) - sum(converged), len(converged),
-                    config.tol, config.max_iter)
+                    config.backend, config.kind, len(sweep.converged) - sum(sweep.converged),
+                    len(sweep.converged), config.tol, config.max_iter)
+    weight, bias = sweep.parameters(final)
     return Probe(
-        kind=config.kind, classes=classes, mean=mean, weight=weights[final], bias=biases[final],
-        c=c_grid[best], cv_accuracy=cv_accuracy, converged=all(converged), n_iter=iterations[final],
+        kind=config.kind, classes=classes, mean=sweep.mean, weight=weight, bias=bias, c=c_grid[best],
+        cv_accuracy=cv_accuracy, converged=all(sweep.converged), n_iter=sweep.iterations[final],
     )
 
 
@@ -198,39 +196,73 @@ def sklearn_fit(Xp: np.ndarray, y_index: np.ndarray, c: float, config: ProbeConf
     return model, converged
 
 
-def _sweep_sklearn(Xp, y_index, n_classes, problems, config):
+@dataclass
+class _Sweep:
+    """A backend's solved sweep, left where it was computed (the torch probe's device): the host reads only
+    the held-out predictions and the chosen problem's parameters."""
+
+    features: torch.Tensor  # [N, D] preprocessed training rows
+    mean: np.ndarray  # [D] training mean of the L2-normalized features
+    weights: torch.Tensor  # [G, D, K]
+    biases: torch.Tensor  # [G, K]
+    converged: list[bool]  # per problem
+    iterations: list[int]  # per problem
+
+    def predict(self, rows: np.ndarray, problems: range) -> np.ndarray:
+        """Predicted class indices ``[len(problems), len(rows)]`` of training rows, one product for all problems."""
+        device = self.features.device
+        at = torch.tensor(problems, device=device)
+        (d, k), m = self.weights.shape[1:], len(problems)
+        X = self.features[torch.as_tensor(rows, device=device)]
+        scores = (X @ self.weights[at].permute(1, 0, 2).reshape(d, m * k)).view(-1, m, k) + self.biases[at]
+        return scores.argmax(dim=2).T.cpu().numpy()
+
+    def parameters(self, problem: int) -> tuple[np.ndarray, np.ndarray]:
+        """Weight [D, K] and bias [K] of one problem, float32 copies on the host."""
+        weight, bias = (t[problem].to("cpu", torch.float32, copy=True).numpy() for t in (self.weights, self.biases))
+        return weight, bias
+
+
+def _preprocessed(X: np.ndarray, device: torch.device | str) -> tuple[torch.Tensor, np.ndarray]:
+    """:func:`preprocess` with the training mean, computed on ``device`` (float32): the raw rows cross to the
+    device once, and their mean comes back."""
+    X = _l2_normalized(torch.tensor(X, device=device))
+    mean = X.mean(dim=0)
+    return X.sub_(mean), mean.cpu().numpy()
+
+
+def _sweep_sklearn(X, y_index, n_classes, problems, config) -> _Sweep:
     """The reference: one sklearn fit per (C, rows) problem, in parallel over ``config.n_jobs`` processes."""
+    features, mean = _preprocessed(X, "cpu")
+    Xp = features.numpy()
     fits = Parallel(n_jobs=config.n_jobs)(
         delayed(sklearn_fit)(Xp[rows], y_index[rows], c, config) for c, rows in problems
     )
-    weights, biases = [], []
-    for model, _ in fits:
+    # A fold's fit set may lack a class (grouped folds): that class then never wins.
+    weights = np.zeros((len(fits), Xp.shape[1], n_classes), dtype=np.float32)
+    biases = np.full((len(fits), n_classes), -np.inf, dtype=np.float32)
+    for g, (model, _) in enumerate(fits):
         coef, intercept = model.coef_, model.intercept_
         if model.classes_.size == 2:  # sklearn keeps one column for two classes; +-f/2 ranks them the same
             coef, intercept = np.concatenate([-coef, coef]) / 2, np.concatenate([-intercept, intercept]) / 2
-        # A fold's fit set may lack a class (grouped folds): that class then never wins.
-        weight = np.zeros((Xp.shape[1], n_classes), dtype=np.float32)
-        bias = np.full(n_classes, -np.inf, dtype=np.float32)
-        weight[:, model.classes_], bias[model.classes_] = coef.T, intercept
-        weights.append(weight)
-        biases.append(bias)
-    return weights, biases, [ok for _, ok in fits], [int(np.max(model.n_iter_)) for model, _ in fits]
+        weights[g][:, model.classes_], biases[g][model.classes_] = coef.T, intercept
+    return _Sweep(features, mean, torch.from_numpy(weights), torch.from_numpy(biases), [ok for _, ok in fits],
+                  [int(np.max(model.n_iter_)) for model, _ in fits])
 
 
-def _sweep_torch(Xp, y_index, n_classes, problems, config):
+def _sweep_torch(X, y_index, n_classes, problems, config) -> _Sweep:
     """All (C, rows) problems as one batched program, each minimized by its own preconditioned L-BFGS."""
     device, dtype = torch.device(config.device), getattr(torch, config.dtype)
-    objective = _SweepObjective(torch.as_tensor(Xp, device=device, dtype=dtype),
-                                torch.as_tensor(y_index, device=device, dtype=torch.long), n_classes, problems,
-                                config.kind, config.preconditioner_rank)
+    features, mean = _preprocessed(X, device)
+    features = features.to(dtype)
+    labels = torch.as_tensor(y_index, device=device, dtype=torch.long)
+    objective = _SweepObjective(features, labels, n_classes, problems, config.kind, config.preconditioner_rank)
     start = torch.zeros(len(problems), objective.size, device=device, dtype=dtype)
     params, grad_max, iterations = batched_lbfgs(objective.value_and_grad, objective.precondition, start,
                                                  tol=config.tol, max_iter=config.max_iter)
-    params = params.cpu().numpy()
-    d_k = Xp.shape[1] * n_classes
-    weights = [p[:d_k].reshape(-1, n_classes).astype(np.float32) for p in params]
-    biases = [p[d_k:].astype(np.float32) for p in params]
-    return weights, biases, (grad_max <= config.tol).tolist(), iterations
+    d_k = X.shape[1] * n_classes
+    return _Sweep(features, mean, params[:, :d_k].view(len(problems), -1, n_classes), params[:, d_k:],
+                  (grad_max <= config.tol).tolist(), iterations)
 
 
 class _SweepObjective:
@@ -259,33 +291,34 @@ class _SweepObjective:
         self.rho = 1.0 / (torch.tensor([c for c, _ in problems], device=X.device, dtype=X.dtype) * counts)
         self.curvature = 1.0 / n_classes if kind == "softmax" else 2.0
         self.basis, self.eigenvalues, self.bulk = _top_spectrum(X, rank)
-        self._groups: dict[tuple[int, ...], list[tuple[int, torch.Tensor, torch.Tensor]]] = {}
+        self._batches: dict[tuple[int, ...], tuple[torch.Tensor, list[tuple[int, torch.Tensor, torch.Tensor]]]] = {}
 
-    def _grouped(self, ids: list[int]) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
-        """(row set, positions in ids, problem indices) per row set present in ``ids``."""
+    def _batch(self, ids: list[int]) -> tuple[torch.Tensor, list[tuple[int, torch.Tensor, torch.Tensor]]]:
+        """``ids`` on the device, and (row set, positions in ids, problem indices) per row set present in ids.
+        Cached, as a batch changes only when problems retire or backtrack."""
         key = tuple(ids)
-        if key not in self._groups:
+        if key not in self._batches:
             device = self.rho.device
-            self._groups[key] = [
-                (s, torch.tensor(pos, device=device), torch.tensor([ids[i] for i in pos], device=device))
+            self._batches[key] = _index(ids, device), [
+                (s, _index(pos, device), _index([ids[i] for i in pos], device))
                 for s in sorted(set(self.set_of[p] for p in ids))
                 if (pos := [i for i, p in enumerate(ids) if self.set_of[p] == s])
             ]
-        return self._groups[key]
+        return self._batches[key]
 
     def value_and_grad(self, params: torch.Tensor, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         d, k = self.dim, self.n_classes
         value, grad = params.new_empty(len(ids)), torch.empty_like(params)
-        for s, pos, problem in self._grouped(ids):
+        for s, pos, problem in self._batch(ids)[1]:
             X, targets = self.sets[s]
             n, m = X.shape[0], len(pos)
             W, b = params[pos, : d * k].view(m, d, k), params[pos, d * k :]
             rho = self.rho[problem]
-            logits = (X @ W.permute(1, 0, 2).reshape(d, m * k)).view(n, m, k) + b
+            logits = (X @ W.permute(1, 0, 2).reshape(d, m * k)).view(n, m, k).add_(b)
             if self.kind == "softmax":
                 log_norm = torch.logsumexp(logits, dim=2)
                 loss = (log_norm - (logits * targets[:, None, :]).sum(dim=2)).mean(dim=0)
-                d_logits = torch.exp(logits - log_norm[..., None]) - targets[:, None, :]
+                d_logits = logits.sub_(log_norm[..., None]).exp_().sub_(targets[:, None, :])  # in place: [n, m, K]
                 regularized = W.square().sum(dim=(1, 2))
             else:  # one-vs-rest squared hinge, targets +-1
                 signs = 2.0 * targets[:, None, :] - 1.0
@@ -303,11 +336,12 @@ class _SweepObjective:
     def precondition(self, v: torch.Tensor, ids: list[int]) -> torch.Tensor:
         """``(a * Sigma + rho I)^-1 v`` per problem (rho = 1/(C n)), the bias by its own curvature."""
         d, k, m = self.dim, self.n_classes, len(ids)
-        rho = self.rho[torch.tensor(ids, device=v.device)]
+        rho = self.rho[self._batch(ids)[0]]
         bulk = self.curvature * self.bulk + rho  # [m]
         excess = 1.0 / (self.curvature * self.eigenvalues + rho[:, None]) - 1.0 / bulk[:, None]  # [m, r]
         v_w = v[:, : d * k].view(m, d, k)
-        out_w = v_w / bulk[:, None, None] + self.basis @ (excess[..., None] * (self.basis.T @ v_w))
+        out_w = self.basis @ (excess[..., None] * (self.basis.T @ v_w))
+        out_w.addcdiv_(v_w, bulk[:, None, None])
         bias_curvature = self.curvature + (rho if self.kind == "svm" else torch.zeros_like(rho))
         return torch.cat([out_w.reshape(m, d * k), v[:, d * k :] / bias_curvature[:, None]], dim=1)
 
@@ -336,7 +370,7 @@ def batched_lbfgs(
     *,
     tol: float,
     max_iter: int,
-    history: int = 10,
+    history: int = 5,
     max_halvings: int = 30,
 ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """Minimize G independent smooth convex objectives at once, from ``start`` [G, P].
@@ -349,69 +383,104 @@ def batched_lbfgs(
     A problem leaves the batch once its max |gradient| <= tol or no step decreases it (stalled), so later
     iterations compute only the problems left. Returns the minimizers, each problem's final max |gradient|
     and its number of iterations.
+
+    On a GPU the host waits for the device once per iteration: the unit step's acceptance and the
+    convergence at the new point come back in one copy; only problems that must backtrack cost more.
     """
-    g_count = len(start)
+    g_count, device = len(start), start.device
     x_out, grad_out, iterations = start.clone(), start.new_full((g_count,), float("inf")), [0] * g_count
     ids, x = list(range(g_count)), start.clone()
     f, g = value_and_grad(x, ids)
+    grad_max = _max_abs(g)
+    finished = (grad_max <= tol).tolist()
     pairs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (s, y, 1 / s.y) per update
-    gamma, stalled = torch.ones_like(f), torch.zeros_like(f, dtype=torch.bool)
+    gamma = torch.ones_like(f)
     for iteration in range(max_iter + 1):
-        grad_max = g.abs().amax(dim=1)
-        done = ((grad_max <= tol) | stalled).tolist() if iteration < max_iter else [True] * len(ids)
-        if any(done):  # retire finished problems from the batch
-            out = torch.tensor([i for i, stop in enumerate(done) if stop], device=x.device)
-            out_ids = torch.tensor([ids[i] for i in out.tolist()], device=x.device)
+        if iteration == max_iter:
+            finished = [True] * len(ids)
+        if any(finished):  # retire finished problems from the batch
+            out = _index([i for i, stop in enumerate(finished) if stop], device)
+            out_ids = _index([p for p, stop in zip(ids, finished) if stop], device)
             x_out[out_ids], grad_out[out_ids] = x[out], grad_max[out]
-            keep_list = [i for i, stop in enumerate(done) if not stop]
+            keep_list = [i for i, stop in enumerate(finished) if not stop]
             if not keep_list:
                 break
-            keep = torch.tensor(keep_list, device=x.device)
+            keep = _index(keep_list, device)
             ids = [ids[i] for i in keep_list]
-            x, f, g, gamma, stalled = x[keep], f[keep], g[keep], gamma[keep], stalled[keep]
+            x, f, g, grad_max, gamma = x[keep], f[keep], g[keep], grad_max[keep], gamma[keep]
             pairs = [(s[keep], y[keep], rho[keep]) for s, y, rho in pairs]
         for p in ids:
             iterations[p] += 1
-        # Two-loop recursion: direction = -H g, with H from each problem's own (s, y) pairs.
-        q, alphas = g.clone(), []
-        for s, y, rho in reversed(pairs):
-            alpha = rho * (s * q).sum(dim=1)
-            q -= alpha[:, None] * y
-            alphas.append(alpha)
-        q = gamma[:, None] * precondition(q, ids)
-        for (s, y, rho), alpha in zip(pairs, reversed(alphas)):
-            q += s * (alpha - rho * (y * q).sum(dim=1))[:, None]
-        direction = -q
-        slope = (g * direction).sum(dim=1)
-        uphill = slope >= 0  # lost curvature information: restart along the gradient
-        direction = torch.where(uphill[:, None], -g, direction)
-        slope = torch.where(uphill, -(g * g).sum(dim=1), slope)
+        direction, slope = _lbfgs_direction(g, pairs, gamma, lambda v: precondition(v, ids))
 
-        step, f_new, g_new = torch.ones_like(f), f.clone(), g.clone()
-        pending = list(range(len(ids)))
-        for _ in range(max_halvings):
-            at = torch.tensor(pending, device=x.device)
-            f_at, g_at = value_and_grad(x[at] + step[at, None] * direction[at], [ids[i] for i in pending])
-            f_new[at], g_new[at] = f_at, g_at
-            armijo = f_at <= f[at] + 1e-4 * step[at] * slope[at]
-            approximate_wolfe = (f_at <= f[at] + 1e-6 * f[at].abs()) & (
-                (g_at * direction[at]).sum(dim=1) <= -(1 - 2e-4) * slope[at])
-            accepted = (armijo | approximate_wolfe).tolist()
-            pending = [i for i, ok in zip(pending, accepted) if not ok]
+        # The unit step first: with the preconditioner it is usually accepted.
+        step = torch.ones_like(f)
+        f_new, g_new = value_and_grad(x + direction, ids)
+        grad_max_new = _max_abs(g_new)
+        accepted, finished = torch.stack(
+            [_acceptable(f, slope, step, f_new, g_new, direction), grad_max_new <= tol]).tolist()
+        pending = [i for i, ok in enumerate(accepted) if not ok]
+        for _ in range(max_halvings - 1):
             if not pending:
                 break
-            step[torch.tensor(pending, device=x.device)] /= 2
-        stalled = torch.zeros_like(stalled)
+            at = _index(pending, device)
+            step[at] /= 2
+            f_at, g_at = value_and_grad(x[at] + step[at, None] * direction[at], [ids[i] for i in pending])
+            f_new[at], g_new[at], grad_max_new[at] = f_at, g_at, _max_abs(g_at)
+            ok = _acceptable(f[at], slope[at], step[at], f_at, g_at, direction[at])
+            for i, (ok_i, small) in zip(pending, torch.stack([ok, grad_max_new[at] <= tol]).T.tolist()):
+                accepted[i], finished[i] = ok_i, small
+            pending = [i for i in pending if not accepted[i]]
         if pending:  # no descent step found: these stay put and leave the batch
-            at = torch.tensor(pending, device=x.device)
-            step[at], f_new[at], g_new[at], stalled[at] = 0.0, f[at], g[at], True
+            at = _index(pending, device)
+            step[at], f_new[at], g_new[at], grad_max_new[at] = 0.0, f[at], g[at], grad_max[at]
+            for i in pending:
+                finished[i] = True
         s = step[:, None] * direction
         y = g_new - g
         sy = (s * y).sum(dim=1)
         keep_pair = sy > 1e-10 * (s.norm(dim=1) * y.norm(dim=1))  # curvature condition, else skip this pair
         y_h_y = (y * precondition(y, ids)).sum(dim=1)
         gamma = torch.where(keep_pair & (y_h_y > 0), sy / y_h_y.clamp_min(torch.finfo(sy.dtype).tiny), gamma)
-        pairs.append((s * keep_pair[:, None], y * keep_pair[:, None], torch.where(keep_pair, 1.0 / sy, 0.0)))
+        x, f, g, grad_max = x + s, f_new, g_new, grad_max_new
+        pairs.append((s.mul_(keep_pair[:, None]), y.mul_(keep_pair[:, None]), torch.where(keep_pair, 1.0 / sy, 0.0)))
         pairs = pairs[-history:]
-        x, f, g = x + s, f_new, g_new
     return x_out, grad_out, iterations
+
+
+def _lbfgs_direction(g: torch.Tensor, pairs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+                     gamma: torch.Tensor, precondition: Callable[[torch.Tensor], torch.Tensor]
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two-loop recursion's direction -H g per problem and its slope g.d (restarted along -g where it
+    is not a descent direction), updated in place to spare memory traffic over the [m, P] vectors."""
+    q, alphas = g.clone(), []
+    for s, y, rho in reversed(pairs):
+        alpha = rho * (s * q).sum(dim=1)
+        q.addcmul_(y, alpha[:, None], value=-1.0)
+        alphas.append(alpha)
+    q = precondition(q).mul_(gamma[:, None])
+    for (s, y, rho), alpha in zip(pairs, reversed(alphas)):
+        q.addcmul_(s, (alpha - rho * (y * q).sum(dim=1))[:, None])
+    direction = q.neg_()
+    slope = (g * direction).sum(dim=1)
+    uphill = slope >= 0  # lost curvature information: restart along the gradient
+    return torch.where(uphill[:, None], -g, direction), torch.where(uphill, -(g * g).sum(dim=1), slope)
+
+
+def _index(values: list[int], device: torch.device) -> torch.Tensor:
+    """An index tensor on ``device``; to a GPU it goes from pinned memory, so the host does not wait for the
+    device's queued work (as a plain copy would)."""
+    host = torch.tensor(values, dtype=torch.long)
+    return host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host
+
+
+def _max_abs(g: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(g, ord=float("inf"), dim=1)
+
+
+def _acceptable(f: torch.Tensor, slope: torch.Tensor, step: torch.Tensor, f_at: torch.Tensor, g_at: torch.Tensor,
+                direction: torch.Tensor) -> torch.Tensor:
+    """Armijo's sufficient decrease, or the approximate Wolfe condition (for changes below rounding)."""
+    armijo = f_at <= f + 1e-4 * step * slope
+    approximate_wolfe = (f_at <= f + 1e-6 * f.abs()) & ((g_at * direction).sum(dim=1) <= -(1 - 2e-4) * slope)
+    return armijo | approximate_wolfe
