@@ -116,13 +116,13 @@ def fig3(context: dg.AssetExecutionContext, config: Fig3Config, settings: ZFSett
 
         def checkpoints():
             for path in kept:
-                state = checkpoint.load_checkpoint(path, vis.device)
-                yield state["epoch"], checkpoint.load_model(path, vis.device).eval()
+                net = checkpoint.load_model(path, vis.device)
+                yield int(path.stem.split("_")[-1]) if path.stem.startswith("epoch_") else model["final"]["epochs"], net
 
+        maps = {l: render.choose_maps(vis.net.get_submodule(l).out_channels, config.maps, config.seed)
+                for l in config.layers if l in vis.net.layers}
         pngs = {}
-        for layer in (l for l in config.layers if l in vis.net.layers):
-            channels = render.choose_maps(vis.net.get_submodule(layer).out_channels, config.maps, config.seed)
-            evo = evolution.feature_evolution(checkpoints(), lambda: iter(inputs), layer, channels)
+        for layer, evo in evolution.feature_evolution(checkpoints(), lambda: iter(inputs), maps).items():
             pngs[layer] = str(render.render_evolution(evo.projections, evo.ys, evo.xs, receptive_field(vis.net, layer),
                                                       evo.epochs, out / f"fig3_{layer}.png"))
         return {"pngs": pngs, "epochs": [int(p.stem.split("_")[-1]) for p in kept if p.stem.startswith("epoch_")]}

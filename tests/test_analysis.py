@@ -259,8 +259,12 @@ def test_strongest_over_batches_matches_the_whole_set() -> None:
 def test_feature_evolution_has_one_column_per_checkpoint() -> None:
     imgs = randn(4, 3, 67, 67)
     checkpoints = [(1, small_net(seed=1)), (5, small_net(seed=2))]
-    evo = feature_evolution(checkpoints, lambda: [imgs[:2], imgs[2:]], "conv1", [0, 1, 2])
-    assert evo.projections.shape == (3, 2, 3, 67, 67) and evo.epochs == [1, 5]
+    visits = []
+    evos = feature_evolution(((e, visits.append(e) or m) for e, m in checkpoints), lambda: [imgs[:2], imgs[2:]],
+                             {"conv1": [0, 1, 2], "conv2": [4]})
+    assert visits == [1, 5]  # each checkpoint loaded once for all layers
+    evo = evos["conv1"]
+    assert evo.projections.shape == (3, 2, 3, 67, 67) and evo.epochs == [1, 5] and evos["conv2"].projections.shape[:2] == (1, 2)
     s = strongest_over(checkpoints[1][1], [imgs], "conv1", [0, 1, 2])
     torch.testing.assert_close(evo.projections[:, 1], project(checkpoints[1][1], s.images, "conv1", [0, 1, 2], s.ys, s.xs).float())
 

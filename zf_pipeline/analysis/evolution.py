@@ -7,7 +7,7 @@ image set is found and projected to pixels with the deconvnet; Fig. 3 shows one 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -76,25 +76,30 @@ class Evolution:
 def feature_evolution(
     checkpoints: Iterable[tuple[int, nn.Module]],
     batches: Callable[[], Iterable[torch.Tensor]],
-    layer: str,
-    channels: Sequence[int],
+    maps: Mapping[str, Sequence[int]],
     norm: Norm = DEFAULT_NORM,
-) -> Evolution:
-    """For each ``(epoch, model)``, project the strongest activation of each map in ``channels``.
+) -> dict[str, Evolution]:
+    """For each ``(epoch, model)``, project the strongest activation of each map in ``maps[layer]``.
 
+    Each checkpoint is visited once for all layers (a full-size checkpoint is 0.8 GB to load).
     ``batches()`` must yield the same images in the same order on every call.
     """
-    epochs, columns = [], []
+    epochs: list[int] = []
+    columns: dict[str, list] = {layer: [] for layer in maps}
     for epoch, model in checkpoints:
-        s = strongest_over(model, batches(), layer, channels)
-        proj = project(model, s.images, layer, s.channels, s.ys, s.xs, norm=norm).float()
         epochs.append(epoch)
-        columns.append([t.cpu() for t in (proj, s.values, s.ys, s.xs)])
-        logger.info("feature evolution: %s at epoch %d projected", layer, epoch)
+        for layer, channels in maps.items():
+            s = strongest_over(model, batches(), layer, channels)
+            proj = project(model, s.images, layer, s.channels, s.ys, s.xs, norm=norm).float()
+            columns[layer].append([t.cpu() for t in (proj, s.values, s.ys, s.xs)])
+            logger.info("feature evolution: %s at epoch %d projected", layer, epoch)
     if not epochs:
         raise ValueError("feature_evolution: no checkpoints given")
-    projections, values, ys, xs = (torch.stack(column, 1) for column in zip(*columns))
-    return Evolution(layer, list(channels), epochs, projections, values, ys, xs)
+    out = {}
+    for layer, channels in maps.items():
+        projections, values, ys, xs = (torch.stack(column, 1) for column in zip(*columns[layer]))
+        out[layer] = Evolution(layer, list(channels), epochs, projections, values, ys, xs)
+    return out
 
 
 __all__ = ["PAPER_EPOCHS", "Evolution", "Strongest", "feature_evolution", "strongest_over"]
