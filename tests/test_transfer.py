@@ -245,6 +245,19 @@ def test_probe_records_non_convergence():
     assert not probe.converged and probe.n_iter == 2
 
 
+def test_c_at_the_edge_of_the_grid_is_warned_about(caplog):
+    X, y, ids = make_features([30] * 3, dim=8, separation=2.0)
+    splits = class_splits(ids, y, 15, max_test=10, n_splits=2)
+    with caplog.at_level("WARNING", logger=protocol_module.log.name):
+        runs = evaluate_splits(X, y, ids, splits, ProbeConfig(c_grid=(0.001, 0.01)), layer="fc7")
+    chosen = sorted(set(runs["c"].to_pylist()))  # a grid of two: every choice is an edge
+    assert f"C at the edge of the grid [0.001, 0.01] on 2 of 2 splits (C={chosen})" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger=protocol_module.log.name):
+        evaluate_splits(X, y, ids, splits, ProbeConfig(c_grid=(1.0,)), layer="fc7")
+    assert "edge of the grid" not in caplog.text  # a single C is a choice, not a search
+
+
 def test_cross_validation_never_sees_test_images(monkeypatch):
     X, y, ids = make_features([25] * 4, dim=8)
     X[:, 0] = np.arange(len(y))  # feature 0 names the row, so the solver's input reveals which images it saw

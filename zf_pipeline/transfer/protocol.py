@@ -70,6 +70,10 @@ def evaluate_splits(
         )
         log.info("%s %s n_train=%d split %d: %.2f%% (C=%g)", config.kind, layer, n_train, split_index,
                  rows[-1]["accuracy"], probe.c)
+    edge = [r["c"] for r in rows if len(config.c_grid) > 1 and r["c"] in (min(config.c_grid), max(config.c_grid))]
+    if edge:  # the cross-validated optimum may lie beyond the grid
+        log.warning("%s on %s: C at the edge of the grid %s on %d of %d splits (C=%s): consider a wider c_grid",
+                    config.kind, layer, list(config.c_grid), len(edge), len(rows), sorted(set(edge)))
     return pa.Table.from_pylist(rows, schema=RUN_SCHEMA)
 
 
