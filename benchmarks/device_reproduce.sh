@@ -3,11 +3,27 @@
 # The data (../shared/data) does not travel, so it goes as a tar in 4 parts of < 60 MiB, one per
 # back-to-back call, into /tmp/zf (kept while the machine is warm). Code runs from .carry/src, a
 # `git archive HEAD` (what is committed, whatever the working tree holds).
+#   bash benchmarks/device_reproduce.sh prepare          here (no device): .carry/part_a{a..d}, .carry/src, .whl
 #   bash benchmarks/device_reproduce.sh setup            carry .whl .carry/src (installs the wheels)
 #   bash benchmarks/device_reproduce.sh smoke            carry .whl .carry/small .carry/src
 #   bash benchmarks/device_reproduce.sh stage PART [x]   carry .whl .carry/src .carry/PART; x: unpack after
 #   bash benchmarks/device_reproduce.sh run SELECTION    carry .whl .carry/src
 set -e -o pipefail
+if [ "$1" = prepare ]; then  # here, not on the device: the 4 data parts, the code, the wheels
+  S=${ZF_SHARED_DATA:-../shared/data}
+  rm -rf .carry/part_a? .carry/src && mkdir -p .carry/src .whl
+  tar cf /tmp/zf_repro.tar -C "$S" imagenette caltech101/101_ObjectCategories
+  split -n 4 /tmp/zf_repro.tar /tmp/zf_repro_ && rm /tmp/zf_repro.tar
+  for p in /tmp/zf_repro_a?; do n=part_${p##*_}; mkdir -p .carry/$n && mv "$p" .carry/$n/$n; done
+  git archive HEAD | tar x -C .carry/src
+  V() { .venv/bin/python -c "import importlib.metadata as m; print(m.version('$1'))"; }
+  python3 -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp -d .whl \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 "dagster==$(V dagster)" "duckdb==$(V duckdb)" webdataset
+  rm -f .whl/numpy-*.whl  # the device has its own
+  du -sh .carry/part_a? .carry/src .whl
+  exit
+fi
 export PYTHONUNBUFFERED=1 ZF_DEVICE=cuda
 Z=/tmp/zf; mkdir -p $Z/logs $Z/parts
 if [ ! -d $Z/site ]; then
