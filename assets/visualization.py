@@ -113,11 +113,11 @@ def fig3(context: dg.AssetExecutionContext, config: Fig3Config, settings: ZFSett
         inputs = [x for x, _, _ in vis.batches(limit=config.images)]
         run = Path(model["path"])
         kept = sorted(run.glob("epoch_*.pt")) or [run / "last.pt"]
+        epoch_of = {p: int(p.stem.split("_")[-1]) for p in kept if p.stem.startswith("epoch_")}
 
         def checkpoints():
             for path in kept:
-                net = checkpoint.load_model(path, vis.device)
-                yield int(path.stem.split("_")[-1]) if path.stem.startswith("epoch_") else model["final"]["epochs"], net
+                yield epoch_of.get(path, model["final"]["epochs"]), checkpoint.load_model(path, vis.device)
 
         maps = {l: render.choose_maps(vis.net.get_submodule(l).out_channels, config.maps, config.seed)
                 for l in config.layers if l in vis.net.layers}
@@ -125,7 +125,7 @@ def fig3(context: dg.AssetExecutionContext, config: Fig3Config, settings: ZFSett
         for layer, evo in evolution.feature_evolution(checkpoints(), lambda: iter(inputs), maps).items():
             pngs[layer] = str(render.render_evolution(evo.projections, evo.ys, evo.xs, receptive_field(vis.net, layer),
                                                       evo.epochs, out / f"fig3_{layer}.png"))
-        return {"pngs": pngs, "epochs": [int(p.stem.split("_")[-1]) for p in kept if p.stem.startswith("epoch_")]}
+        return {"pngs": pngs, "epochs": list(epoch_of.values())}
 
     record = _vis_stage(context, settings, "fig3", config, [model, val], build)
     context.add_output_metadata({**record_md(record), "epochs": dg.MetadataValue.json(record["epochs"]),
