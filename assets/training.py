@@ -40,6 +40,7 @@ class TrainingConfig(dg.Config):
     init: str = ""  # 'normal' (N(0, 1e-2), the paper); the demo: 'kaiming' (starts learning at once)
     input_scale: float = 0.0  # multiplies (pixel - mean): 1 (raw differences, the paper) with 'normal', 1/64 with 'kaiming'
     patience: int = 5
+    warmup_epochs: int = 0  # linear lr ramp over the first epochs (0: none, the paper)
     seed: int = 0
     loader: str = "auto"
     workers: int = 0  # loader worker processes; 0: 8 on a GPU, none on the CPU (they would compete with training)
@@ -66,6 +67,7 @@ def train_config(settings: ZFSettings, config: TrainingConfig, train_dir: str, v
         init=init,
         input_scale=config.input_scale or (1 / 64 if init == "kaiming" else 1.0),
         patience=config.patience,
+        warmup_epochs=config.warmup_epochs,
         crop=DEMO_CROP if demo else PAPER_CROP,
         seed=over.get("seed", config.seed),
         device=settings.torch_device(),

@@ -211,6 +211,24 @@ def test_checkpoint_every_writes_on_its_epochs_the_kept_ones_and_the_last(data, 
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 5
 
 
+def test_warmup_ramps_the_lr_linearly_per_step_then_holds_it(data, tmp_path, monkeypatch):
+    import zf_pipeline.train as train_module
+
+    lrs = []
+    real = train_module.make_step
+
+    def recording(model, opt, amp):
+        step = real(model, opt, amp)
+        return lambda x, y: lrs.append(opt.param_groups[0]["lr"]) or step(x, y)
+
+    monkeypatch.setattr(train_module, "make_step", recording)
+    fast = dict(width=0.0625, final_ten_crop=False, final_train_error=False, keep_epochs=())
+    result = train(_config(data, tmp_path, epochs=3, warmup_epochs=2, **fast))
+    steps = 48 // 8  # per epoch
+    assert lrs == pytest.approx([0.01 * (s + 1) / (2 * steps) for s in range(2 * steps)] + [0.01] * steps)
+    assert [m["lr"] for m in result.metrics] == pytest.approx([0.005, 0.01, 0.01])
+
+
 def test_resumed_run_ends_bitwise_where_an_uninterrupted_run_ends(data, tmp_path):
     fast = dict(epochs=2, width=0.0625, final_ten_crop=False, final_train_error=False)
     whole = train(_config(data, tmp_path / "whole", **fast))

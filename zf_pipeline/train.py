@@ -66,6 +66,9 @@ class TrainConfig:
     schedule: str = "plateau"  # 'plateau': lr x lr_factor when val top-1 stops improving; 'cosine': to 0 per step
     lr_factor: float = 0.1
     patience: int = 5  # epochs without a val top-1 improvement before the lr drops
+    # Linear lr ramp over the first epochs (Goyal et al. 2017), per step; 0: none (the paper). Without
+    # normalization layers, full-size first steps can kill a net on a small split (docs/results/reproduction.md).
+    warmup_epochs: int = 0
     crop: int = 224  # random crop side (the demo: 112 of 128)
     input_scale: float = 1.0  # multiplies (pixel - mean); the paper feeds raw 0..255 differences
     seed: int = 0
@@ -237,6 +240,7 @@ def train(cfg: TrainConfig) -> RunResult:
                          f"per rank ({world} ranks); lower batch_size")
     val_src = make_source(val_split, 2 * cfg.batch_size, shuffle=False, **src)
     opt, sched = make_optimizer(net, cfg, len(train_src))
+    warmup_steps = cfg.warmup_epochs * len(train_src)
 
     metrics: list[dict] = []
     start = 0
@@ -269,6 +273,9 @@ def train(cfg: TrainConfig) -> RunResult:
         wrong = torch.zeros((), device=device, dtype=torch.int64)
         seen, t0, t_log = 0, time.perf_counter(), time.perf_counter()
         for i, (images, labels) in enumerate(train_src.epoch(epoch)):
+            if (done := epoch * len(train_src) + i) < warmup_steps:
+                for group in opt.param_groups:
+                    group["lr"] = cfg.lr * (done + 1) / warmup_steps
             draws = crop_draws(len(images), split.size, cfg.crop, gen, device)
             x = augment(images, mean, draws, cfg.crop, cfg.input_scale)
             if cfg.channels_last:
@@ -290,7 +297,7 @@ def train(cfg: TrainConfig) -> RunResult:
         tot_loss, tot_wrong, tot_seen = _all_sum([loss_sum.item(), wrong.item(), seen], device)
         val = _errors(net, val_src, mean, cfg, "center", amp)
         lr = opt.param_groups[0]["lr"]
-        if cfg.schedule == "plateau":
+        if cfg.schedule == "plateau" and epoch + 1 > cfg.warmup_epochs:  # no drop while still ramping up
             sched.step(val["top1_err"])
         metrics.append({
             "epoch": epoch + 1,
