@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -144,6 +145,8 @@ def main() -> None:
     ap.add_argument("--amp", choices=["bf16", "fp16", "none"], default="bf16")
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--breakdown", action="store_true", help="also time the activations-only pass without writers / top-k, and the writers alone")
+    ap.add_argument("--switch-interval", type=float, nargs="*", default=[],
+                    help="with --breakdown: the activations-only pass again under each sys.setswitchinterval (s; default 0.005)")
     ap.add_argument("--host-only", action="store_true", help="time only the writers alone (on the CPU cores; no GPU work)")
     args = ap.parse_args()
     if args.host_only:
@@ -195,6 +198,14 @@ def main() -> None:
                         stack.enter_context(patch)
                     rate, loop = extraction(model, inputs, steps, device, amp, compile, out, **acts)
                 print(f"| activations-only pass, {label} | {rate:,.0f} | {rate / base:.2f} | {loop} |", flush=True)
+            default = sys.getswitchinterval()  # how long a thread may keep the GIL from the others
+            for interval in args.switch_interval:
+                sys.setswitchinterval(interval)
+                try:
+                    rate, loop = extraction(model, inputs, steps, device, amp, compile, out, **acts)
+                finally:
+                    sys.setswitchinterval(default)
+                print(f"| activations-only pass, GIL switch interval {interval * 1e3:g} ms | {rate:,.0f} | {rate / base:.2f} | {loop} |", flush=True)
             print("\n| writers alone, synthetic outputs, no GPU work | img/s (the host's ceiling) | CPU cost |\n| --- | --- | --- |")
             for label, layers in configs.items():
                 print(f"| {label.removeprefix('extract: ')} | {writers_alone(model, inputs[0], steps, out, **layers)} |", flush=True)

@@ -601,13 +601,14 @@ class _Writers:
         return torch.cat([labels.long().reshape(-1).view(torch.int16), *(b.reshape(-1) for b in blocks),
                           *(v.reshape(-1).view(torch.int16) for v in vectors)])
 
-    def unpack(self, flat: torch.Tensor, n: int) -> list[torch.Tensor]:
-        """Views of :meth:`pack`'s parts of an ``n``-image batch in ``flat``: labels, the blocks, the vectors."""
+    def unpack(self, flat: np.ndarray, n: int) -> list[np.ndarray]:
+        """Views of :meth:`pack`'s parts of an ``n``-image batch in the host copy ``flat``: labels, the
+        blocks, the vectors. numpy views: a torch call per part would drop and re-take the GIL each time."""
         sizes = [4 * n] + [3 * n * c for c in self.channels] + [n * length for length in self.lengths]
-        labels, *parts = flat[: sum(sizes)].split(sizes)
-        blocks = [p.view(3, n, c) for p, c in zip(parts, self.channels)]
-        vectors = [p.view(torch.float16).view(n, length) for p, length in zip(parts[len(blocks) :], self.lengths)]
-        return [labels.view(torch.int64), *blocks, *vectors]
+        labels, *parts = np.split(flat[: sum(sizes)], np.cumsum(sizes)[:-1])
+        blocks = [p.reshape(3, n, c) for p, c in zip(parts, self.channels)]
+        vectors = [p.view(np.float16).reshape(n, length) for p, length in zip(parts[len(blocks) :], self.lengths)]
+        return [labels.view(np.int64), *blocks, *vectors]
 
     def dispatch(self, image_ids: list[str], host: Sequence[np.ndarray]) -> None:
         """Hand one batch's outputs, on the host in :meth:`unpack`'s layout, to the writer threads; a batch
@@ -650,6 +651,7 @@ class _Slot:
         self.pinned = device.type == "cuda"
         self.up = torch.empty(0, dtype=torch.int64)
         self.down = torch.empty(0, dtype=torch.int16)
+        self.used = 0  # elements of ``down`` the last download filled
         # blocking: the copier thread sleeps in synchronize() instead of spinning on a core the writers need.
         self.event = torch.cuda.Event(blocking=True) if self.pinned else None
 
@@ -666,7 +668,8 @@ class _Slot:
     def download(self, flat: torch.Tensor) -> None:
         """Queue the copy of the device's packed outputs into ``down``, then the event the copier waits on."""
         self.down = self._room(self.down, flat.numel())
-        self.down[: flat.numel()].copy_(flat, non_blocking=True)
+        self.used = flat.numel()
+        self.down[: self.used].copy_(flat, non_blocking=True)
         if self.event is not None:
             self.event.record(torch.cuda.current_stream(self.device))
 
@@ -675,10 +678,16 @@ class _HostRing(threading.Thread):
     """RING_SLOTS slots between the extraction loop and the writers, and the thread that empties them.
 
     The loop takes a free slot (it waits only while none is free), queues its batch's copies into it
-    and sends it here, in batch order. This thread waits for the slot's event, copies each partition's
-    part out into its own pageable array (the writers buffer parts for whole row groups, far longer
-    than a slot can wait), frees the slot and hands the parts to the writer threads. So the loop never
-    waits for the device, and a writer behind by a row group holds no slot.
+    and sends it here, in batch order. This thread waits for the slot's event, copies the batch out
+    into a pageable array (the writers buffer parts for whole row groups, far longer than a slot can
+    wait), frees the slot and hands views of the copy to the writer threads. So the loop never waits
+    for the device, and a writer behind by a row group holds no slot.
+
+    One copy and numpy views, not a torch copy per part: each torch call drops the GIL and must take it
+    back against a dozen writer threads, and that hand-off, not the bytes, bounded the pass (0.13 of the
+    forward pass on an H200, docs/results/extraction.md). A copy stays alive until the last partition
+    has written its part: at most one activations row group of batches (~11k images, ~0.5 GB with all
+    seven layers' vectors).
     """
 
     def __init__(self, writers: _Writers, device: torch.device, slots: int = RING_SLOTS):
@@ -708,9 +717,8 @@ class _HostRing(threading.Thread):
                 if slot.event is not None:
                     slot.event.synchronize()  # without the GIL
                 if self.error is None:
-                    # torch's copy_ runs without the GIL; a numpy copy could hold it.
-                    parts = self.writers.unpack(slot.down, len(image_ids))
-                    host = [torch.empty(p.shape, dtype=p.dtype).copy_(p).numpy() for p in parts]
+                    # numpy copies without the GIL (one hand-off back), then views
+                    host = self.writers.unpack(slot.down[: slot.used].numpy().copy(), len(image_ids))
             except BaseException as e:  # noqa: BLE001 - re-raised in the loop's thread
                 self.error = e
             finally:
