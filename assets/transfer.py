@@ -26,8 +26,7 @@ from zf_pipeline.io import write_table
 from zf_pipeline.transfer import loading, probes, protocol, splits, tables
 
 TRANSFER_CODE = code_version(loading, probes, protocol, splits, tables)
-TABLE7_PROBES = [("svm", layer) for layer in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc7")] + [
-    ("softmax", "conv5"), ("softmax", "fc7")]
+TABLE7_PROBES = list(tables.PAPER_TABLE7)  # (classifier, layer): SVM on layers 1-5 and 7, softmax on 5 and 7
 
 
 class ProbeSettings(dg.Config):
@@ -123,7 +122,7 @@ def table7_asset(datasets: list[str]) -> dg.AssetsDefinition:
         ins[dataset] = loaded["conv1"]
         deps += more
 
-    @dg.asset(name="table7", group_name="transfer", kinds={"scikitlearn", "parquet"}, code_version=TRANSFER_CODE,
+    @dg.asset(name="table7", group_name="transfer", kinds={"scikitlearn", "parquet", "png"}, code_version=TRANSFER_CODE,
               ins=ins, deps=deps)
     def _table7(context: dg.AssetExecutionContext, config: ProbeSettings, settings: ZFSettings, **features: dict) -> dict:
         """Table 7: a linear SVM on each of layers 1-5 and 7, and a softmax on layers 5 and 7, of the frozen
@@ -132,7 +131,10 @@ def table7_asset(datasets: list[str]) -> dg.AssetsDefinition:
         records = {d: pretrained_runs(context, settings, config, f"table7_{d}", features[d], TABLE7_PROBES,
                                       [tables.TABLE7_N_TRAIN[d]]) for d in datasets}
         table, md = transfer.table7({d: pq.read_table(r["runs"]) for d, r in records.items()})
-        return _publish(context, settings, "table7", table, md, {"stages": records})
+        png = transfer.plot_table7(table, settings.out / "table7" / "table7.png")
+        out = _publish(context, settings, "table7", table, md, {"png": str(png), "stages": records})
+        context.add_output_metadata({"plot": image_md(png)})
+        return out
 
     return _table7
 

@@ -24,6 +24,7 @@ from zf_pipeline.transfer import (
     mean_per_class_accuracy,
     mean_per_class_accuracy_from_predictions,
     plot_fig7,
+    plot_table7,
     protocol_splits,
     run_problems,
     run_row,
@@ -38,7 +39,7 @@ from zf_pipeline.transfer import (
 )
 from zf_pipeline.transfer import probes as probes_module
 from zf_pipeline.transfer import protocol as protocol_module
-from zf_pipeline.transfer.tables import PAPER_TABLE4, PAPER_TABLE7
+from zf_pipeline.transfer.tables import PAPER_TABLE4, PAPER_TABLE7, TABLE7_N_TRAIN
 
 
 @pytest.fixture(autouse=True)
@@ -370,6 +371,28 @@ def test_tables_put_paper_numbers_beside_ours(tmp_path):
     assert pq.read_table(parquet).equals(runs)
     assert csv.read_text().splitlines()[0].startswith('"method","layer"')
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_plot_table7_draws_both_datasets_and_skips_layers_not_run(tmp_path):
+    # Caltech-101 runs an SVM on conv5 and a softmax on fc7, Caltech-256 the softmax only: every other
+    # (classifier, layer) has ours_mean None and must be left out of our lines, not break the plot.
+    runs = {}
+    for dataset, n_train in TABLE7_N_TRAIN.items():
+        X, y, ids = make_features([n_train + 10] * 3, dim=8, separation=1.0)
+        splits = class_splits(ids, y, n_train, max_test=10, n_splits=2)
+        probes = [("softmax", "fc7")] + ([("svm", "conv5")] if dataset == "caltech101" else [])
+        runs[dataset] = pa.concat_tables([evaluate_splits(X, y, ids, splits, ProbeConfig(kind=kind, c_grid=(1.0, 10.0)),
+                                                          layer=layer) for kind, layer in probes])
+    table, _ = table7(runs)
+    ran = {(r["dataset"], r["classifier"], r["layer"]) for r in table.to_pylist() if r["ours_mean"] is not None}
+    assert ran == {("caltech101", "softmax", "fc7"), ("caltech101", "svm", "conv5"), ("caltech256", "softmax", "fc7")}
+    png = plot_table7(table, tmp_path / "table7.png")
+    assert png == tmp_path / "table7.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # No runs at all: ours_mean is a null column, only the paper's points are drawn.
+    paper_only, _ = table7({"caltech256": runs["caltech256"].slice(0, 0)})
+    assert paper_only["ours_mean"].null_count == paper_only.num_rows
+    assert plot_table7(paper_only, tmp_path / "paper_only.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["paper_only.png", "table7.png"]  # no temp files left
 
 
 def test_load_features_reads_fixed_size_lists(tmp_path):

@@ -4,7 +4,7 @@
     probes    linear SVM / softmax: scikit-learn reference and a batched torch L-BFGS probe, C by CV
     protocol  a probe over every split (Caltech) or train -> val (PASCAL VOC, multi-label)
     metrics   mean per-class accuracy, VOC average precision
-    tables    Tables 4-7 and Fig. 7 beside the paper's numbers; Parquet/CSV writers; check helpers
+    tables    Tables 4-7 and Fig. 7 beside the paper's numbers, their plots; Parquet/CSV writers; check helpers
     loading   one layer's features from the features stage's Parquet
 """
 
@@ -41,6 +41,7 @@ from zf_pipeline.transfer.tables import (
     missing_values,
     out_of_range,
     plot_fig7,
+    plot_table7,
     run_problems,
     table4,
     table5,
@@ -52,6 +53,6 @@ __all__ = [
     "FIG7_N_TRAIN", "TABLE4_N_TRAIN", "TABLE5_N_TRAIN", "RUN_SCHEMA", "VOC_CLASSES", "Probe", "ProbeConfig", "TooFewImagesError", "average_precision", "class_splits",
     "confusion_matrix", "evaluate_splits", "evaluate_voc", "fig7", "fit_probe", "load_features",
     "mean_per_class_accuracy", "mean_per_class_accuracy_from_predictions", "missing_values", "out_of_range",
-    "per_class_accuracy", "plot_fig7", "protocol_splits", "run_problems", "run_row", "split_problems",
+    "per_class_accuracy", "plot_fig7", "plot_table7", "protocol_splits", "run_problems", "run_row", "split_problems",
     "split_rows", "table4", "table5", "table6", "table7", "voc_training_samples", "write_table",
 ]

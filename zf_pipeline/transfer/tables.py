@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -64,6 +66,7 @@ PAPER_TABLE7: dict[tuple[str, str], tuple[Score, Score]] = {
 }
 TABLE7_DATASETS = ("caltech101", "caltech256")
 TABLE7_N_TRAIN = {"caltech101": 30, "caltech256": 60}
+TABLE7_LAYERS = tuple(dict.fromkeys(layer for _, layer in PAPER_TABLE7))  # by depth: conv1..conv5, fc7
 
 SUMMARY_SCHEMA = pa.schema(
     [
@@ -218,32 +221,70 @@ def fig7(runs: pa.Table) -> tuple[pa.Table, str]:
     return table, "**Fig. 7: Caltech-256 accuracy vs training images per class**\n\n" + _markdown(header, lines)
 
 
-def plot_fig7(curve: pa.Table, path: str | os.PathLike) -> Path:
-    """Draw :func:`fig7`'s curve (mean +- std over splits) with the paper's Table 5 points and Bo et al.'s
-    60/class result as a line, to a PNG written atomically."""
+@contextmanager
+def _png(path: str | os.PathLike, **subplots: Any) -> Iterator[Any]:
+    """Yield the axes of ``plt.subplots(**subplots)``; on success write the figure to ``path`` as a PNG,
+    atomically. The figure is closed either way, so a failed plot does not leak it."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on servers
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for method in sorted(set(curve["row"].to_pylist())):
-        part = curve.filter(pc.equal(curve["row"], method))
-        ax.errorbar(part["n_train"].to_numpy(), part["ours_mean"].to_numpy(), yerr=part["ours_std"].to_numpy(),
-                    marker="o", markersize=3, capsize=2, label=f"ours, {method}")
-    for row in ("ImageNet-pretrained convnet", "Non-pretrained convnet"):
-        points = sorted(PAPER_TABLE5[row].items())
-        ax.plot([n for n, _ in points], [m for _, (m, _) in points], "x", label=f"paper, {row}")
-    ax.axhline(PAPER_TABLE5["(Bo et al., 2013)"][60][0], color="grey", linestyle="--", label="Bo et al. 2013, 60/class")
-    ax.set_xlabel("training images per class")
-    ax.set_ylabel("mean per-class accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.set_title("Caltech-256")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    fig, axes = plt.subplots(**subplots)
+    try:
+        yield axes
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=120)
+    finally:
+        plt.close(fig)
+
+
+def plot_fig7(curve: pa.Table, path: str | os.PathLike) -> Path:
+    """Draw :func:`fig7`'s curve (mean +- std over splits) with the paper's Table 5 points and Bo et al.'s
+    60/class result as a line, to a PNG written atomically."""
+    with _png(path, figsize=(6, 4)) as ax:
+        for method in sorted(set(curve["row"].to_pylist())):
+            part = curve.filter(pc.equal(curve["row"], method))
+            ax.errorbar(part["n_train"].to_numpy(), part["ours_mean"].to_numpy(), yerr=part["ours_std"].to_numpy(),
+                        marker="o", markersize=3, capsize=2, label=f"ours, {method}")
+        for row in ("ImageNet-pretrained convnet", "Non-pretrained convnet"):
+            points = sorted(PAPER_TABLE5[row].items())
+            ax.plot([n for n, _ in points], [m for _, (m, _) in points], "x", label=f"paper, {row}")
+        ax.axhline(PAPER_TABLE5["(Bo et al., 2013)"][60][0], color="grey", linestyle="--",
+                   label="Bo et al. 2013, 60/class")
+        ax.set_xlabel("training images per class")
+        ax.set_ylabel("mean per-class accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.set_title("Caltech-256")
+        ax.legend(fontsize=7)
+    return Path(path)
+
+
+def plot_table7(table: pa.Table, path: str | os.PathLike) -> Path:
+    """Draw :func:`table7` as accuracy against depth, one panel per dataset, to a PNG written atomically:
+    ours (mean +- std over splits) as lines, the paper's as dashed crosses of the same colour.
+    (classifier, layer) pairs we did not run (``ours_mean`` None) are left out of our lines."""
+    rows = table.to_pylist()
+    datasets = [d for d in TABLE7_DATASETS if any(r["dataset"] == d for r in rows)]
+    classifiers = list(dict.fromkeys(classifier for classifier, _ in PAPER_TABLE7))
+    with _png(path, ncols=len(datasets), figsize=(5 * len(datasets), 4), squeeze=False, sharey=True) as axes:
+        for ax, dataset in zip(axes[0], datasets):
+            for i, classifier in enumerate(classifiers):
+                part = [r for r in rows if (r["dataset"], r["classifier"]) == (dataset, classifier)]
+                ran = [r for r in part if r["ours_mean"] is not None]
+                if ran:
+                    ax.errorbar([TABLE7_LAYERS.index(r["layer"]) for r in ran], [r["ours_mean"] for r in ran],
+                                yerr=[r["ours_std"] for r in ran], color=f"C{i}", marker="o", markersize=3,
+                                capsize=2, label=f"ours, {classifier}")
+                ax.plot([TABLE7_LAYERS.index(r["layer"]) for r in part], [r["paper_mean"] for r in part], "x--",
+                        color=f"C{i}", label=f"paper, {classifier}")
+            ax.set_xticks(range(len(TABLE7_LAYERS)), TABLE7_LAYERS)
+            ax.set_xlabel("layer")
+            ax.set_ylim(0, 100)
+            ax.set_title(f"{dataset}, {TABLE7_N_TRAIN[dataset]} train/class")
+            ax.legend(fontsize=7)
+        axes[0][0].set_ylabel("mean per-class accuracy (%)")
     return Path(path)
 
 
