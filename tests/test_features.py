@@ -338,12 +338,15 @@ def test_channels_last_gives_the_same_maxima_and_positions(tmp_path: Path) -> No
 
 
 @pytest.mark.slow
-def test_compiled_pass_equals_eager(tmp_path: Path) -> None:
-    """compile=True compiles the forward only; rows and the streaming top-k equal the eager pass."""
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device: the compiled GPU kernels (first-maximum ties included) are checked on one"))])
+def test_compiled_pass_equals_eager(tmp_path: Path, device: str) -> None:
+    """compile=True compiles the forward with the maxima, positions and packing, and the top-k merge:
+    rows and the streaming top-k equal the eager pass."""
     model = small_model()
     images, ids = random_images(10, seed=7), [f"i{i:02d}" for i in range(10)]
-    extract(model, batches_of(images, ids, 5), tmp_path / "eager", split="val", layers=("conv2", "fc7"))
-    extract(model, batches_of(images, ids, 5), tmp_path / "compiled", split="val", layers=("conv2", "fc7"), compile=True)
+    extract(model, batches_of(images, ids, 5), tmp_path / "eager", split="val", layers=("conv2", "fc7"), device=device)
+    extract(model, batches_of(images, ids, 5), tmp_path / "compiled", split="val", layers=("conv2", "fc7"), device=device, compile=True)
     for table in ("activations", "features"):
         eager, compiled = read(tmp_path / "eager", table), read(tmp_path / "compiled", table)
         assert len(eager) == len(compiled)
@@ -353,6 +356,10 @@ def test_compiled_pass_equals_eager(tmp_path: Path) -> None:
                 assert a["value"] == pytest.approx(b["value"], rel=2e-3, abs=1e-4)
             else:
                 np.testing.assert_allclose(np.array(a["vector"], np.float32), np.array(b["vector"], np.float32), rtol=2e-3, atol=1e-4)
+    eager, compiled = (pq.read_table(tmp_path / run / "stream_top9.parquet").to_pylist() for run in ("eager", "compiled"))
+    assert len(eager) == len(compiled) > 0
+    for a, b in zip(eager, compiled):
+        assert (a["layer"], a["channel"], a["rank"], a["image_id"], a["y"], a["x"]) == (b["layer"], b["channel"], b["rank"], b["image_id"], b["y"], b["x"])
 
 
 def test_row_groups_split_buffered_batches_without_losing_order(tmp_path: Path) -> None:

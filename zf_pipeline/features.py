@@ -307,6 +307,24 @@ def _lexsort_rows(keys: list[tuple[torch.Tensor, bool]]) -> torch.Tensor:
     return perm
 
 
+def _merge_top(
+    value: torch.Tensor, ids: torch.Tensor, pos: torch.Tensor, label: torch.Tensor, batch_value: torch.Tensor,
+    batch_pos: torch.Tensor, labels: torch.Tensor, batch_ids: torch.Tensor, rank: torch.Tensor, k: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:class:`StreamingTopK`'s running (value, ids, pos, label) [maps, k(, W)] merged with one batch."""
+    v = batch_value.float()
+    key = (_orderable(v) << 32) + (0xFFFFFFFF - rank)[:, None]
+    top = torch.topk(key, min(k, len(rank)), dim=0).indices.T  # [maps, k']
+    cand_value = torch.cat([value, v.T.gather(1, top)], dim=1)
+    cand_ids = torch.cat([ids, batch_ids[top]], dim=1)
+    cand_pos = torch.cat([pos, batch_pos.T.long().gather(1, top)], dim=1)
+    cand_label = torch.cat([label, labels.long()[top]], dim=1)
+    words = ids.shape[2]
+    best = _lexsort_rows([(cand_value, True)] + [(cand_ids[..., w], False) for w in range(words)])[:, :k]
+    return (cand_value.gather(1, best), cand_ids.gather(1, best[..., None].expand(-1, -1, words)),
+            cand_pos.gather(1, best), cand_label.gather(1, best))
+
+
 class StreamingTopK:
     """The top-k images of every map, kept on the device across batches.
 
@@ -316,12 +334,14 @@ class StreamingTopK:
     The top-k of a union is the top-k of the parts' top-k, so the result is exact.
     """
 
-    def __init__(self, maps: int, k: int, device: torch.device):
+    def __init__(self, maps: int, k: int, device: torch.device, compile: bool = False):
         self.k, self.device, self.words = k, device, 1
         self.value = torch.full((maps, k), -math.inf, device=device)
         self.ids = torch.zeros((maps, k, 1), dtype=torch.long, device=device)
         self.pos = torch.zeros((maps, k), dtype=torch.long, device=device)
         self.label = torch.full((maps, k), -1, dtype=torch.long, device=device)
+        # Compiled, a merge is one call and a few kernels instead of ~40 eager ops on the loop's thread.
+        self._merge = torch.compile(_merge_top, dynamic=False) if compile else _merge_top
 
     def update(self, value: torch.Tensor, pos: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor, rank: torch.Tensor) -> None:
         """Merge one batch, all on the device: value and pos [N, maps], labels [N], the image ids as
@@ -331,19 +351,8 @@ class StreamingTopK:
             self.ids = F.pad(self.ids, (0, words - self.words))
             self.words = words
         ids_t = F.pad(ids, (0, words - ids.shape[1])) if ids.shape[1] < words else ids
-        v = value.float()
-        key = (_orderable(v) << 32) + (0xFFFFFFFF - rank)[:, None]
-        top = torch.topk(key, min(self.k, len(rank)), dim=0).indices.T  # [maps, k']
-        cand_value = torch.cat([self.value, v.T.gather(1, top)], dim=1)
-        cand_ids = torch.cat([self.ids, ids_t[top]], dim=1)
-        cand_pos = torch.cat([self.pos, pos.T.long().gather(1, top)], dim=1)
-        cand_label = torch.cat([self.label, labels.long()[top]], dim=1)
-        keys = [(cand_value, True)] + [(cand_ids[..., w], False) for w in range(words)]
-        best = _lexsort_rows(keys)[:, : self.k]
-        self.value = cand_value.gather(1, best)
-        self.ids = cand_ids.gather(1, best[..., None].expand(-1, -1, words))
-        self.pos = cand_pos.gather(1, best)
-        self.label = cand_label.gather(1, best)
+        self.value, self.ids, self.pos, self.label = self._merge(
+            self.value, self.ids, self.pos, self.label, value, pos, labels, ids_t, rank, self.k)
 
     def table(self, layers: dict[str, LayerInfo], layer_names: Sequence[str]) -> pa.Table:
         """The result as rows (layer, channel, rank, image_id, label, value, y, x), like ``mine_top9``."""
@@ -401,8 +410,8 @@ def summarize(
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """:func:`layer_outputs` from the activations ``acts`` of one batch (``model.forward_layers``'s result).
 
-    Kept apart from the forward pass so that only the forward is compiled: the reductions stay eager,
-    where their tie-breaking (first maximum) is documented.
+    Apart from the forward pass, so that it also summarizes activations computed elsewhere (the
+    atlas, tests); :func:`extract` compiles the two together.
     """
     values, positions = [], []
     for name in activation_layers:
@@ -472,8 +481,6 @@ def extract(
     if not names:
         raise ValueError("no layers: give `layers` and/or `activation_layers`")
     model = model.eval().to(device)
-    # Only the forward pass is compiled (once per layer tuple); the reductions of summarize stay eager.
-    forward = torch.compile(model.forward_layers, dynamic=False) if compile else model.forward_layers
     started = last_log = time.monotonic()
     seen: set[str] = set()
     with atomic_path(out_dir) as tmp:
@@ -490,13 +497,27 @@ def extract(
                     writers = _Writers(Path(tmp), summary, row_group_rows)
                     ring = _HostRing(writers, device)
                     maps = sum(summary.layers[n].channels for n in act_layers)
-                    topk = StreamingTopK(maps, k, device) if maps else None
+                    topk = StreamingTopK(maps, k, device, compile) if maps else None
                     finite = torch.ones((), dtype=torch.bool, device=device)
                     # Map width per activations column: y and x are split off on the device, where the
                     # integer division is free (on the host it was the writers' largest cost).
                     widths = torch.tensor([summary.layers[n].width for n in act_layers for _ in range(summary.layers[n].channels)],
                                           dtype=torch.int32, device=device)
-                    columns = _column_slices([summary.layers[n].channels for n in act_layers])
+
+                    def device_side(images: torch.Tensor, labels: torch.Tensor):
+                        """One batch on the device: map maxima, their positions, whether all are finite, and
+                        the packed copy for the host."""
+                        value, pos, vectors = summarize(model, model.forward_layers(images, names), act_layers, layers)
+                        y = torch.div(pos, widths, rounding_mode="floor")
+                        x = (pos - y * widths).short()
+                        # One [3, N, maps] int16 block (value bits, y, x) for all layers: the host cuts it
+                        # into layers as views, and the writers copy their columns out.
+                        block = torch.stack([value.view(torch.int16), y.short(), x])
+                        return value, pos, torch.isfinite(value).all(), _Writers.pack(labels, block, list(vectors.values()))
+
+                    # Compiled (once per batch shape), a batch is one call from this thread: the loop's
+                    # thread paid ~100 eager ops a batch besides the forward, each a launch and a GIL hand-off.
+                    step = torch.compile(device_side, dynamic=False) if compile else device_side
                 slot = ring.acquire()  # the loop's only wait: for a slot the copier has not emptied yet
                 with torch.inference_mode():
                     # The small inputs go up in one copy from the slot's pinned buffer, as int64 rows: the
@@ -509,18 +530,12 @@ def extract(
                     up = slot.upload(np.concatenate(rows)) if rows else None
                     labels = up[0] if on_host else labels.to(device, non_blocking=True)
                     with torch.autocast(device.type, autocast or torch.float32, enabled=autocast is not None):
-                        value, pos, vectors = summarize(model, forward(images, names), act_layers, layers)
+                        value, pos, batch_finite, packed = step(images, labels)
                     # Checked once at the end: a check per batch would make the host wait for the device.
-                    finite = finite & torch.isfinite(value).all()
+                    finite = finite & batch_finite
                     if topk is not None:
                         topk.update(value, pos, labels, up[int(on_host) + 1 :].T, up[int(on_host)])
-                    y = torch.div(pos, widths, rounding_mode="floor")
-                    x = (pos - y * widths).short()
-                    y = y.short()
-                    # One contiguous [3, N, C] int16 block per layer (value bits, y, x): the host gets each
-                    # partition's columns ready to wrap, with no slicing or copying under the GIL.
-                    packed = [torch.stack([value[:, c].view(torch.int16), y[:, c], x[:, c]]) for c in columns]
-                    slot.download(writers.pack(labels, packed, list(vectors.values())))
+                    slot.download(packed)
                 ring.send(slot, image_ids)
                 summary.images += len(image_ids)
                 if time.monotonic() - last_log >= 10:
@@ -594,20 +609,23 @@ class _Writers:
         self.lengths = [info.vector_length for info in feats]
 
     @staticmethod
-    def pack(labels: torch.Tensor, blocks: Sequence[torch.Tensor], vectors: Sequence[torch.Tensor]) -> torch.Tensor:
+    def pack(labels: torch.Tensor, block: torch.Tensor, vectors: Sequence[torch.Tensor]) -> torch.Tensor:
         """One batch's outputs as one flat int16 tensor, for a single device-to-host copy: labels [N] (int64),
-        then per activations layer an int16 [3, N, C] block (float16 value bits, y, x), then the [N, length]
-        float16 vectors."""
-        return torch.cat([labels.long().reshape(-1).view(torch.int16), *(b.reshape(-1) for b in blocks),
+        then the [3, N, maps] int16 block of all activations layers (float16 value bits, y, x), then the
+        [N, length] float16 vectors."""
+        return torch.cat([labels.long().reshape(-1).view(torch.int16), block.reshape(-1),
                           *(v.reshape(-1).view(torch.int16) for v in vectors)])
 
     def unpack(self, flat: np.ndarray, n: int) -> list[np.ndarray]:
-        """Views of :meth:`pack`'s parts of an ``n``-image batch in the host copy ``flat``: labels, the
-        blocks, the vectors. numpy views: a torch call per part would drop and re-take the GIL each time."""
-        sizes = [4 * n] + [3 * n * c for c in self.channels] + [n * length for length in self.lengths]
-        labels, *parts = np.split(flat[: sum(sizes)], np.cumsum(sizes)[:-1])
-        blocks = [p.reshape(3, n, c) for p, c in zip(parts, self.channels)]
-        vectors = [p.view(np.float16).reshape(n, length) for p, length in zip(parts[len(blocks) :], self.lengths)]
+        """Views of :meth:`pack`'s parts of an ``n``-image batch in the host copy ``flat``: labels, one
+        [3, n, C] block per activations layer (a column slice of the packed block), the vectors.
+        numpy views: a torch call per part would drop and re-take the GIL each time."""
+        maps = sum(self.channels)
+        sizes = [4 * n, 3 * n * maps] + [n * length for length in self.lengths]
+        labels, block, *vectors = np.split(flat[: sum(sizes)], np.cumsum(sizes)[:-1])
+        block = block.reshape(3, n, maps)
+        blocks = [block[:, :, c] for c in _column_slices(self.channels)]
+        vectors = [v.view(np.float16).reshape(n, length) for v, length in zip(vectors, self.lengths)]
         return [labels.view(np.int64), *blocks, *vectors]
 
     def dispatch(self, image_ids: list[str], host: Sequence[np.ndarray]) -> None:
