@@ -307,24 +307,6 @@ def _lexsort_rows(keys: list[tuple[torch.Tensor, bool]]) -> torch.Tensor:
     return perm
 
 
-def _merge_top(
-    value: torch.Tensor, ids: torch.Tensor, pos: torch.Tensor, label: torch.Tensor, batch_value: torch.Tensor,
-    batch_pos: torch.Tensor, labels: torch.Tensor, batch_ids: torch.Tensor, rank: torch.Tensor, k: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:class:`StreamingTopK`'s running (value, ids, pos, label) [maps, k(, W)] merged with one batch."""
-    v = batch_value.float()
-    key = (_orderable(v) << 32) + (0xFFFFFFFF - rank)[:, None]
-    top = torch.topk(key, min(k, len(rank)), dim=0).indices.T  # [maps, k']
-    cand_value = torch.cat([value, v.T.gather(1, top)], dim=1)
-    cand_ids = torch.cat([ids, batch_ids[top]], dim=1)
-    cand_pos = torch.cat([pos, batch_pos.T.long().gather(1, top)], dim=1)
-    cand_label = torch.cat([label, labels.long()[top]], dim=1)
-    words = ids.shape[2]
-    best = _lexsort_rows([(cand_value, True)] + [(cand_ids[..., w], False) for w in range(words)])[:, :k]
-    return (cand_value.gather(1, best), cand_ids.gather(1, best[..., None].expand(-1, -1, words)),
-            cand_pos.gather(1, best), cand_label.gather(1, best))
-
-
 class StreamingTopK:
     """The top-k images of every map, kept on the device across batches.
 
@@ -334,14 +316,12 @@ class StreamingTopK:
     The top-k of a union is the top-k of the parts' top-k, so the result is exact.
     """
 
-    def __init__(self, maps: int, k: int, device: torch.device, compile: bool = False):
+    def __init__(self, maps: int, k: int, device: torch.device):
         self.k, self.device, self.words = k, device, 1
         self.value = torch.full((maps, k), -math.inf, device=device)
         self.ids = torch.zeros((maps, k, 1), dtype=torch.long, device=device)
         self.pos = torch.zeros((maps, k), dtype=torch.long, device=device)
         self.label = torch.full((maps, k), -1, dtype=torch.long, device=device)
-        # Compiled, a merge is one call and a few kernels instead of ~40 eager ops on the loop's thread.
-        self._merge = torch.compile(_merge_top, dynamic=False) if compile else _merge_top
 
     def update(self, value: torch.Tensor, pos: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor, rank: torch.Tensor) -> None:
         """Merge one batch, all on the device: value and pos [N, maps], labels [N], the image ids as
@@ -351,8 +331,21 @@ class StreamingTopK:
             self.ids = F.pad(self.ids, (0, words - self.words))
             self.words = words
         ids_t = F.pad(ids, (0, words - ids.shape[1])) if ids.shape[1] < words else ids
-        self.value, self.ids, self.pos, self.label = self._merge(
-            self.value, self.ids, self.pos, self.label, value, pos, labels, ids_t, rank, self.k)
+        # Eager on purpose: compiled (torch 2.11), inductor's fused per-row sort below indexed out of
+        # bounds on an H100 (a device-side assert).
+        v = value.float()
+        key = (_orderable(v) << 32) + (0xFFFFFFFF - rank)[:, None]
+        top = torch.topk(key, min(self.k, len(rank)), dim=0).indices.T  # [maps, k']
+        cand_value = torch.cat([self.value, v.T.gather(1, top)], dim=1)
+        cand_ids = torch.cat([self.ids, ids_t[top]], dim=1)
+        cand_pos = torch.cat([self.pos, pos.T.long().gather(1, top)], dim=1)
+        cand_label = torch.cat([self.label, labels.long()[top]], dim=1)
+        keys = [(cand_value, True)] + [(cand_ids[..., w], False) for w in range(words)]
+        best = _lexsort_rows(keys)[:, : self.k]
+        self.value = cand_value.gather(1, best)
+        self.ids = cand_ids.gather(1, best[..., None].expand(-1, -1, words))
+        self.pos = cand_pos.gather(1, best)
+        self.label = cand_label.gather(1, best)
 
     def table(self, layers: dict[str, LayerInfo], layer_names: Sequence[str]) -> pa.Table:
         """The result as rows (layer, channel, rank, image_id, label, value, y, x), like ``mine_top9``."""
@@ -410,8 +403,8 @@ def summarize(
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """:func:`layer_outputs` from the activations ``acts`` of one batch (``model.forward_layers``'s result).
 
-    Apart from the forward pass, so that it also summarizes activations computed elsewhere (the
-    atlas, tests); :func:`extract` compiles the two together.
+    Kept apart from the forward pass so that only the forward is compiled: the reductions stay eager,
+    where their tie-breaking (first maximum) is documented.
     """
     values, positions = [], []
     for name in activation_layers:
@@ -481,6 +474,8 @@ def extract(
     if not names:
         raise ValueError("no layers: give `layers` and/or `activation_layers`")
     model = model.eval().to(device)
+    # Only the forward pass is compiled (once per layer tuple); the reductions of summarize stay eager.
+    forward = torch.compile(model.forward_layers, dynamic=False) if compile else model.forward_layers
     started = last_log = time.monotonic()
     seen: set[str] = set()
     with atomic_path(out_dir) as tmp:
@@ -497,27 +492,12 @@ def extract(
                     writers = _Writers(Path(tmp), summary, row_group_rows)
                     ring = _HostRing(writers, device)
                     maps = sum(summary.layers[n].channels for n in act_layers)
-                    topk = StreamingTopK(maps, k, device, compile) if maps else None
+                    topk = StreamingTopK(maps, k, device) if maps else None
                     finite = torch.ones((), dtype=torch.bool, device=device)
                     # Map width per activations column: y and x are split off on the device, where the
                     # integer division is free (on the host it was the writers' largest cost).
                     widths = torch.tensor([summary.layers[n].width for n in act_layers for _ in range(summary.layers[n].channels)],
                                           dtype=torch.int32, device=device)
-
-                    def device_side(images: torch.Tensor, labels: torch.Tensor):
-                        """One batch on the device: map maxima, their positions, whether all are finite, and
-                        the packed copy for the host."""
-                        value, pos, vectors = summarize(model, model.forward_layers(images, names), act_layers, layers)
-                        y = torch.div(pos, widths, rounding_mode="floor")
-                        x = (pos - y * widths).short()
-                        # One [3, N, maps] int16 block (value bits, y, x) for all layers: the host cuts it
-                        # into layers as views, and the writers copy their columns out.
-                        block = torch.stack([value.view(torch.int16), y.short(), x])
-                        return value, pos, torch.isfinite(value).all(), _Writers.pack(labels, block, list(vectors.values()))
-
-                    # Compiled (once per batch shape), a batch is one call from this thread: the loop's
-                    # thread paid ~100 eager ops a batch besides the forward, each a launch and a GIL hand-off.
-                    step = torch.compile(device_side, dynamic=False) if compile else device_side
                 slot = ring.acquire()  # the loop's only wait: for a slot the copier has not emptied yet
                 with torch.inference_mode():
                     # The small inputs go up in one copy from the slot's pinned buffer, as int64 rows: the
@@ -530,12 +510,18 @@ def extract(
                     up = slot.upload(np.concatenate(rows)) if rows else None
                     labels = up[0] if on_host else labels.to(device, non_blocking=True)
                     with torch.autocast(device.type, autocast or torch.float32, enabled=autocast is not None):
-                        value, pos, batch_finite, packed = step(images, labels)
+                        value, pos, vectors = summarize(model, forward(images, names), act_layers, layers)
                     # Checked once at the end: a check per batch would make the host wait for the device.
-                    finite = finite & batch_finite
+                    finite = finite & torch.isfinite(value).all()
                     if topk is not None:
                         topk.update(value, pos, labels, up[int(on_host) + 1 :].T, up[int(on_host)])
-                    slot.download(packed)
+                    y = torch.div(pos, widths, rounding_mode="floor")
+                    x = (pos - y * widths).short()
+                    # One [3, N, maps] int16 block (value bits, y, x) for all layers: the host cuts it into
+                    # layers as views and the writers copy their columns out. Cutting it here cost ~25
+                    # small device ops a batch, each a launch on the loop's thread and a GIL hand-off.
+                    block = torch.stack([value.view(torch.int16), y.short(), x])
+                    slot.download(writers.pack(labels, block, list(vectors.values())))
                 ring.send(slot, image_ids)
                 summary.images += len(image_ids)
                 if time.monotonic() - last_log >= 10:
