@@ -52,7 +52,8 @@ def test_imagenet_train_layouts_agree(tmp_path: Path, layout: str) -> None:
     s = open_imageset("imagenet", root, "train")
     assert (s.name, s.split, s.root) == ("imagenet", "train", tmp_path.absolute())
     assert s.classes == SYNSETS
-    assert s.class_names == SYNSETS  # no devkit, no mapping: the folder names
+    # No devkit, no mapping: the built-in ILSVRC-2012 table (its words are the devkit's)
+    assert s.class_names == [IMAGENET_SYNSETS[w] for w in SYNSETS]
     assert len(s) == 4 * len(SYNSETS)
     ids = [r.image_id for r in s.records]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
@@ -171,8 +172,16 @@ def test_imagenet_kaggle_layout(tmp_path: Path) -> None:
 
 
 def test_imagenet_names_from_loc_synset_mapping(tmp_path: Path) -> None:
-    write_loc_synset_mapping(write_imagenet_train(tmp_path))
-    assert open_imageset("imagenet", tmp_path).class_names == [IMAGENET_SYNSETS[w] for w in SYNSETS]
+    renamed = {w: f"{words} (Kaggle)" for w, words in IMAGENET_SYNSETS.items()}  # the mapping wins over the built-in table
+    write_loc_synset_mapping(write_imagenet_train(tmp_path), renamed)
+    assert open_imageset("imagenet", tmp_path).class_names == [renamed[w] for w in SYNSETS]
+
+
+def test_imagenet_names_without_devkit_or_mapping(tmp_path: Path) -> None:
+    # Imagenette-like: the built-in table names the ILSVRC-2012 synsets; a synset outside it keeps its id.
+    write_imagenet_train(tmp_path, synsets=("n03425413", "n99999999"))
+    names = open_imageset("imagenet", tmp_path).class_names
+    assert names == ["gas pump, gasoline pump, petrol pump, island dispenser", "n99999999"]
 
 
 # ---------------------------------------------------------------- tar access

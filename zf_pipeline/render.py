@@ -302,7 +302,8 @@ def render_occlusion(
     ``[3, H, W]`` in [0, 1]. The maps are drawn at the occluder centres.
     """
     img = np.asarray(torch.as_tensor(image_rgb).float().cpu()).transpose(1, 2, 0)
-    name = (lambda k: class_names[k]) if class_names is not None else str
+    # The first synonym: ImageNet's names are WordNet word lists ('gas pump, gasoline pump, petrol pump, ...').
+    name = (lambda k: class_names[k].split(",")[0]) if class_names is not None else str
     fig = Figure(figsize=(15, 3.4), dpi=dpi)
     ax = fig.subplots(1, 5)
     half = result.size / 2

@@ -27,6 +27,9 @@ DEVKIT = "ILSVRC2012_devkit_t12"
 GROUND_TRUTH = f"{DEVKIT}/data/ILSVRC2012_validation_ground_truth.txt"
 META = f"{DEVKIT}/data/meta.mat"
 LOC_SYNSET_MAPPING = "LOC_synset_mapping.txt"
+# The 1,000 ILSVRC-2012 synsets' WordNet words, as in the devkit's meta.mat, for copies that ship
+# neither (Imagenette, a bare train folder). From timm's imagenet_synsets.txt + synset_to_lemma (Apache-2.0).
+BUILTIN_SYNSETS = Path(__file__).with_name("ilsvrc2012_synsets.tsv")
 KAGGLE_SPLITS = "ILSVRC/Data/CLS-LOC"  # Kaggle's ImageNet: train/ and val/ under this, labels beside it
 KAGGLE_VAL_SOLUTION = "LOC_val_solution.csv"
 VAL_NAME = re.compile(r"ILSVRC2012_val_(\d{8})\.\w+$")
@@ -189,7 +192,8 @@ def _val_ground_truth(root: Path) -> dict[int, str]:
 
 
 def synset_names(root: str | os.PathLike) -> dict[str, str]:
-    """wnid -> words ('tench, Tinca tinca') from the devkit's meta.mat, else LOC_synset_mapping.txt; {} if neither."""
+    """wnid -> words ('tench, Tinca tinca') from the devkit's meta.mat, else LOC_synset_mapping.txt, else
+    the built-in table of the 1,000 ILSVRC-2012 synsets (other wnids keep their id as their name)."""
     root = Path(root)
     meta = _devkit_file(root, META)
     if meta is not None:
@@ -198,7 +202,7 @@ def synset_names(root: str | os.PathLike) -> dict[str, str]:
     if mapping.is_file():
         pairs = (line.split(maxsplit=1) for line in mapping.read_text().splitlines() if line.strip())
         return {p[0]: p[1] if len(p) > 1 else p[0] for p in pairs}
-    return {}
+    return dict(line.split("\t", 1) for line in BUILTIN_SYNSETS.read_text().splitlines())
 
 
 def read_imagenet(root: str | os.PathLike, split: str = "train") -> ImageSet:
