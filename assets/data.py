@@ -9,6 +9,7 @@ the generated demo stands in (128 px shards, 112 px crops, so it trains on a lap
 import io
 import itertools
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
@@ -184,15 +185,36 @@ def pixel_mean_image(
     return record
 
 
+@dataclass(frozen=True)
+class ImageSplit:
+    """One split of one dataset: sharded as ``<key>_shards``, its features extracted as ``features_<key>``."""
+
+    key: str
+    kind: str  # a readers kind; its root is ZFSettings.<kind>_root
+    split: str
+    about: str  # what the images are
+    used_by: str = ""  # what its features feed; "": no features asset (ImageNet train)
+
+
+IMAGE_SPLITS = (
+    ImageSplit("imagenet_train", "imagenet", "train", "ImageNet 2012 train (or the demo source), shuffled"),
+    ImageSplit("imagenet_val", "imagenet", "val", "ImageNet 2012 validation (or the demo source's val)", "top-9 mining, Fig. 8"),
+    ImageSplit("caltech101", "caltech101", "all", "Caltech-101 (or the demo target set), all images", "Tables 4, 7"),
+    ImageSplit("caltech256", "caltech256", "all", "Caltech-256, all images", "Tables 5, 7, Fig. 7"),
+    ImageSplit("voc2012_train", "voc2012", "train", "PASCAL VOC 2012 train", "Table 6"),
+    ImageSplit("voc2012_val", "voc2012", "val", "PASCAL VOC 2012 val", "Table 6"),
+)
+DEMO_KINDS = ("imagenet", "caltech101")  # always present: the demo stands in when their roots are not set
+
+
+def configured_splits(settings: ZFSettings) -> list[ImageSplit]:
+    """The splits that get assets: ImageNet and Caltech-101 always, the others once their root is set."""
+    return [s for s in IMAGE_SPLITS if s.kind in DEMO_KINDS or settings.dataset_root(s.kind)]
+
+
 def data_assets(settings: ZFSettings) -> list:
-    """The data group: source, ImageNet train/val shards, the pixel mean, and each configured target dataset."""
+    """The data group: source, the shards of every configured split, the pixel mean."""
     defs = [source_images, pixel_mean_image]
-    defs += shard_asset("imagenet_train_shards", "imagenet", "train", "ImageNet 2012 train (or the demo source), shuffled.")
-    defs += shard_asset("imagenet_val_shards", "imagenet", "val", "ImageNet 2012 validation (or the demo source's val).")
-    defs += shard_asset("caltech101_shards", "caltech101", "all", "Caltech-101 (or the demo target set), all images.")
-    if settings.caltech256_root:
-        defs += shard_asset("caltech256_shards", "caltech256", "all", "Caltech-256, all images.")
-    if settings.voc2012_root:
-        defs += shard_asset("voc2012_train_shards", "voc2012", "train", "PASCAL VOC 2012 train.")
-        defs += shard_asset("voc2012_val_shards", "voc2012", "val", "PASCAL VOC 2012 val.")
+    for s in configured_splits(settings):
+        defs += shard_asset(f"{s.key}_shards", s.kind, s.split, f"{s.about}.")
     return defs

@@ -11,6 +11,7 @@ import dagster as dg
 import torch
 
 from assets.cache import cached_stage, code_version
+from assets.data import configured_splits
 from assets.metadata import record_md
 from assets.resources import ZFSettings
 from zf_pipeline import evaluate, features, mining, query
@@ -129,14 +130,9 @@ def top9_complete(settings: ZFSettings) -> dg.AssetCheckResult:
 
 
 def feature_assets(settings: ZFSettings) -> list:
-    defs = [
-        *features_asset("imagenet_val", "imagenet_val_shards", "val", "Features of the validation set (top-9 mining, Fig. 8)."),
-        *features_asset("caltech101", "caltech101_shards", "all", "Features of Caltech-101 (Tables 4, 7)."),
-        top9, top9_complete,
-    ]
-    if settings.caltech256_root:
-        defs += features_asset("caltech256", "caltech256_shards", "all", "Features of Caltech-256 (Tables 5, 7, Fig. 7).")
-    if settings.voc2012_root:
-        defs += features_asset("voc2012_train", "voc2012_train_shards", "train", "Features of VOC 2012 train (Table 6).")
-        defs += features_asset("voc2012_val", "voc2012_val_shards", "val", "Features of VOC 2012 val (Table 6).")
+    """The features group: an extraction of every configured split that feeds a table or figure, and top-9."""
+    defs = [top9, top9_complete]
+    for s in configured_splits(settings):
+        if s.used_by:
+            defs += features_asset(s.key, f"{s.key}_shards", s.split, f"Features of {s.about} ({s.used_by}).")
     return defs
