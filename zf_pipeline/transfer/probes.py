@@ -44,7 +44,9 @@ log = logging.getLogger(__name__)
 
 Kind = Literal["svm", "softmax"]
 Backend = Literal["sklearn", "torch"]
-DEFAULT_C_GRID = (0.1, 1.0, 10.0, 100.0, 1000.0)
+# Up to 1e4: on real L2-normalized features C = 1000 won on every Table 4 split of the Imagenette run
+# with a grid ending there; with 1e4 added it still won 9 of 10, and 1e4 none (docs/results/reproduction.md).
+DEFAULT_C_GRID = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
 
 
 @dataclass(frozen=True)
