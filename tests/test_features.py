@@ -104,12 +104,15 @@ def test_rows_cover_every_image_layer_and_channel(tmp_path: Path) -> None:
     assert fc == (0, 0, summary.layers["fc6"].channels)  # an fc unit is a 1x1 map
 
 
-@pytest.mark.parametrize("batch", [4, 30])
-def test_streaming_top_k_equals_duckdb_top9_with_ties(tmp_path: Path, batch: int) -> None:
+@pytest.mark.parametrize("batch, merge_every", [(4, 1), (4, 4), (4, 8), (30, 8)])
+def test_streaming_top_k_equals_duckdb_top9_with_ties(tmp_path: Path, monkeypatch, batch: int, merge_every: int) -> None:
+    # 24 images: 6 batches of 4 merge after every batch, after the 4th and at the end, or only at the end.
+    monkeypatch.setattr(features, "TOPK_MERGE_EVERY", merge_every)
     model = small_model()
     base = random_images(10, seed=3)
     images = torch.cat([base, base, base[:4]])  # duplicated pixels: every map ties across copies
-    ids = [f"copy{i // 10}-{i % 10}" for i in range(len(images))][::-1]  # ids against stream order
+    # ids against stream order, 7 to 13 bytes (1 or 2 id words, so batches merge ids of both lengths)
+    ids = [f"copy{i // 10}-{'x' * (i % 7)}{i % 10}" for i in range(len(images))][::-1]
     out = tmp_path / "x"
     extract(model, batches_of(images, ids, batch), out, split="val")
     mine_top9(out / "activations", out / "top9.parquet")
