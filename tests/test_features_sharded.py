@@ -8,12 +8,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 import torch
 
 from tests.shard_writer import write_mean, write_split
+from tests.test_features import read
 from zf_pipeline.features import SUMMARY_FILE, ExtractionSummary, merge_parts, parts_dir
 from zf_pipeline.models.checkpoint import save_checkpoint
 from zf_pipeline.models.zfnet import build, variant
@@ -49,14 +49,6 @@ def run_ranks(inputs: dict[str, Path], out: Path, world: int) -> None:
     merge_parts(out)
 
 
-def rows(root: Path, table: str) -> list[dict]:
-    out = []
-    for part in sorted((root / table).glob("layer=*")):
-        layer = part.name.removeprefix("layer=")
-        out += [dict(r, layer=layer) for r in ds.dataset(part, format="parquet").to_table().to_pylist()]
-    return sorted(out, key=lambda r: (r["layer"], r["image_id"], r.get("channel", 0)))
-
-
 def top_rows(root: Path) -> list[dict]:
     return sorted(pq.read_table(root / "stream_top9.parquet").to_pylist(), key=lambda r: (r["layer"], r["channel"], r["rank"]))
 
@@ -69,7 +61,7 @@ def test_two_ranks_merged_equal_one_process(inputs, tmp_path: Path) -> None:
     names = {f.name for f in (two / "activations" / "layer=conv1").iterdir()}
     assert {n.split("-")[1] for n in names} == {"00000", "00001"}  # each rank wrote its own part files
     for table in ("activations", "features"):
-        a, b = rows(one, table), rows(two, table)
+        a, b = read(one, table), read(two, table)
         assert len(a) > 0 and a == b, table
     assert top_rows(one) == top_rows(two)
     s1, s2 = ExtractionSummary.load(one), ExtractionSummary.load(two)
