@@ -604,7 +604,9 @@ class _Writers:
         # Per partition: the thread whose row group is filling, and the images it has of it.
         self.turn = [0] * len(self.partitions)
         self.filled = [0] * len(self.partitions)
-        self.channels = [info.channels for info in acts]
+        # Where each activations layer's maps sit in a batch's [3, N, maps] block.
+        self.columns = _column_slices([info.channels for info in acts])
+        self.maps = sum(info.channels for info in acts)
         self.lengths = [info.vector_length for info in feats]
 
     @staticmethod
@@ -619,11 +621,10 @@ class _Writers:
         """Views of :meth:`pack`'s parts of an ``n``-image batch in the host copy ``flat``: labels, one
         [3, n, C] block per activations layer (a column slice of the packed block), the vectors.
         numpy views: a torch call per part would drop and re-take the GIL each time."""
-        maps = sum(self.channels)
-        sizes = [4 * n, 3 * n * maps] + [n * length for length in self.lengths]
+        sizes = [4 * n, 3 * n * self.maps] + [n * length for length in self.lengths]
         labels, block, *vectors = np.split(flat[: sum(sizes)], np.cumsum(sizes)[:-1])
-        block = block.reshape(3, n, maps)
-        blocks = [block[:, :, c] for c in _column_slices(self.channels)]
+        block = block.reshape(3, n, self.maps)
+        blocks = [block[:, :, c] for c in self.columns]
         vectors = [v.view(np.float16).reshape(n, length) for v, length in zip(vectors, self.lengths)]
         return [labels.view(np.int64), *blocks, *vectors]
 
