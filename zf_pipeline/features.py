@@ -260,12 +260,6 @@ class ExtractionSummary:
         return cls(**d)
 
 
-def _orderable(value: torch.Tensor) -> torch.Tensor:
-    """float32 -> int64 whose integer order is the float order (sign-magnitude to two's complement)."""
-    bits = value.float().view(torch.int32)
-    return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).long()
-
-
 def id_words(image_ids: Sequence[str] | pa.StringArray, words: int = 0) -> np.ndarray:
     """image_ids as [N, W] int64: 7 UTF-8 bytes per word, NUL-padded, so that comparing the words
     lexicographically compares the ids as DuckDB does (byte order; a prefix sorts first). W is ``words``
@@ -312,7 +306,7 @@ class StreamingTopK:
     """The top-k images of every map, kept on the device across batches.
 
     Order: value descending, then image_id ascending. Within a batch, ``torch.topk`` runs on one
-    int64 key (orderable value bits, then the image's rank by id within the batch). Every
+    int64 key (the float16 value's bits made orderable, then the image's rank by id in the batch). Every
     ``merge_every`` batches, their k best are merged with the running k by a stable lexicographic sort
     on (value, id words). The top-k of a union is the top-k of the parts' top-k, so the result is exact.
     Merging every few batches, not every batch, saves ~20 small device ops a batch on the loop's thread.
@@ -326,13 +320,23 @@ class StreamingTopK:
         self.label = torch.full((maps, k), -1, dtype=torch.long, device=device)
         self.pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
-    def update(self, value: torch.Tensor, pos: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor, rank: torch.Tensor) -> None:
-        """Add one batch, all on the device: value and pos [N, maps], labels [N], the image ids as
-        :func:`id_words` [N, W] and :func:`id_ranks` [N]."""
-        v = value.float()
-        key = (_orderable(v) << 32) + (0xFFFFFFFF - rank)[:, None]
-        top = torch.topk(key, min(self.k, len(rank)), dim=0).indices.T  # [maps, k']
-        self.pending.append((v.T.gather(1, top), ids[top], pos.T.long().gather(1, top), labels.long()[top]))
+    @staticmethod
+    def candidates(
+        k: int, bits: torch.Tensor, pos: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor, rank: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One batch's k best of every map (value bits, id words, pos, label) [maps, k'(, W)], on the device:
+        ``bits`` [N, maps] are the float16 map maxima as int16 bits, the values the table holds (compiled,
+        inductor may skip a float16 rounding between fused ops, and a value one bit off breaks ties
+        differently from DuckDB); pos [N, maps], labels [N], the image ids as :func:`id_words` [N, W] and
+        :func:`id_ranks` [N]. A pure function, so that :func:`extract` compiles it with the forward pass."""
+        b = bits.long()
+        key = (torch.where(b < 0, b ^ 0x7FFF, b) << 32) + (0xFFFFFFFF - rank)[:, None]  # float16 order as integers
+        top = torch.topk(key, min(k, len(rank)), dim=0).indices.T  # [maps, k']
+        return bits.T.gather(1, top), ids[top], pos.T.long().gather(1, top), labels.long()[top]
+
+    def add(self, candidates: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
+        """Queue one batch's :meth:`candidates`; merged every ``merge_every`` batches."""
+        self.pending.append(candidates)
         if len(self.pending) >= self.merge_every:
             self.merge()
 
@@ -347,7 +351,7 @@ class StreamingTopK:
 
         # Eager on purpose: compiled (torch 2.11), inductor's fused per-row sort below indexed out of
         # bounds on an H100 (a device-side assert).
-        cand_value = torch.cat([self.value, *(c[0] for c in self.pending)], dim=1)
+        cand_value = torch.cat([self.value, *(c[0].view(torch.float16).float() for c in self.pending)], dim=1)
         cand_ids = torch.cat([pad(self.ids), *(pad(c[1]) for c in self.pending)], dim=1)
         cand_pos = torch.cat([self.pos, *(c[2] for c in self.pending)], dim=1)
         cand_label = torch.cat([self.label, *(c[3] for c in self.pending)], dim=1)
@@ -416,8 +420,9 @@ def summarize(
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """:func:`layer_outputs` from the activations ``acts`` of one batch (``model.forward_layers``'s result).
 
-    Kept apart from the forward pass so that only the forward is compiled: the reductions stay eager,
-    where their tie-breaking (first maximum) is documented.
+    Apart from the forward pass, so that it also summarizes activations computed elsewhere (the atlas,
+    tests); :func:`extract` compiles the two together. Ties go to the first maximum, eager and compiled
+    (checked on the CPU and on CUDA by ``test_compiled_pass_equals_eager``).
     """
     values, positions = [], []
     for name in activation_layers:
@@ -434,6 +439,32 @@ def summarize(
     value = torch.cat(values, dim=1).to(torch.float16) if values else first.new_zeros((len(first), 0), dtype=torch.float16)
     pos = torch.cat(positions, dim=1).int() if positions else first.new_zeros((len(first), 0), dtype=torch.int32)
     return value, pos, vectors
+
+
+def _device_side(
+    model: ZFNet, names: tuple[str, ...], act_layers: tuple[str, ...], feature_layers: tuple[str, ...], widths: torch.Tensor, k: int,
+    images: torch.Tensor, labels: torch.Tensor, keys: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...] | None]:
+    """One batch of :func:`extract` on the device: the packed copy for the host (:meth:`_Writers.pack`), whether
+    all map maxima are finite, and the batch's :meth:`StreamingTopK.candidates` (``keys``: the images' id
+    ranks, then their id words, as rows; None: no top-k). ``widths``: the map width of every activations column."""
+    value, pos, vectors = summarize(model, model.forward_layers(images, list(names)), act_layers, feature_layers)
+    # y and x are split off here, where the integer division is free (on the host it was the writers' largest cost).
+    y = torch.div(pos, widths, rounding_mode="floor")
+    x = (pos - y * widths).short()
+    # One [3, N, maps] int16 block (value bits, y, x) for all layers: the host cuts it into layers as views,
+    # and the writers copy their columns out.
+    block = torch.stack([value.view(torch.int16), y.short(), x])
+    top = None if keys is None else StreamingTopK.candidates(k, block[0], pos, labels, keys[1:].T, keys[0])
+    return _Writers.pack(labels, block, list(vectors.values())), torch.isfinite(value).all(), top
+
+
+@functools.cache
+def _compiled_device_side():
+    """:func:`_device_side` compiled once per process, so that later passes reuse its graphs (one per batch
+    shape and layer choice). The top-k merge stays eager: compiled, inductor's fused per-row sort indexed
+    out of bounds on an H100."""
+    return torch.compile(_device_side, dynamic=False)
 
 
 def _layer_shapes(model: ZFNet, sample: torch.Tensor, act_layers: Sequence[str], feature_layers: Sequence[str]) -> dict[str, LayerInfo]:
@@ -487,8 +518,10 @@ def extract(
     if not names:
         raise ValueError("no layers: give `layers` and/or `activation_layers`")
     model = model.eval().to(device)
-    # Only the forward pass is compiled (once per layer tuple); the reductions of summarize stay eager.
-    forward = torch.compile(model.forward_layers, dynamic=False) if compile else model.forward_layers
+    # Compiled, a batch is one call from the loop's thread besides the top-k merge. Eager, that thread
+    # paid ~70 small ops a batch besides the forward, each a launch and a GIL hand-off, and it bounded
+    # the pass (docs/results/extraction.md, run F).
+    step = _compiled_device_side() if compile else _device_side
     started = last_log = time.monotonic()
     seen: set[str] = set()
     with atomic_path(out_dir) as tmp:
@@ -507,8 +540,6 @@ def extract(
                     maps = sum(summary.layers[n].channels for n in act_layers)
                     topk = StreamingTopK(maps, k, device) if maps else None
                     finite = torch.ones((), dtype=torch.bool, device=device)
-                    # Map width per activations column: y and x are split off on the device, where the
-                    # integer division is free (on the host it was the writers' largest cost).
                     widths = torch.tensor([summary.layers[n].width for n in act_layers for _ in range(summary.layers[n].channels)],
                                           dtype=torch.int32, device=device)
                 slot = ring.acquire()  # the loop's only wait: for a slot the copier has not emptied yet
@@ -523,18 +554,13 @@ def extract(
                     up = slot.upload(np.concatenate(rows)) if rows else None
                     labels = up[0] if on_host else labels.to(device, non_blocking=True)
                     with torch.autocast(device.type, autocast or torch.float32, enabled=autocast is not None):
-                        value, pos, vectors = summarize(model, forward(images, names), act_layers, layers)
+                        packed, batch_finite, top = step(model, names, tuple(act_layers), tuple(layers), widths, k,
+                                                         images, labels, None if topk is None else up[int(on_host) :])
                     # Checked once at the end: a check per batch would make the host wait for the device.
-                    finite = finite & torch.isfinite(value).all()
+                    finite = finite & batch_finite
                     if topk is not None:
-                        topk.update(value, pos, labels, up[int(on_host) + 1 :].T, up[int(on_host)])
-                    y = torch.div(pos, widths, rounding_mode="floor")
-                    x = (pos - y * widths).short()
-                    # One [3, N, maps] int16 block (value bits, y, x) for all layers: the host cuts it into
-                    # layers as views and the writers copy their columns out. Cutting it here cost ~25
-                    # small device ops a batch, each a launch on the loop's thread and a GIL hand-off.
-                    block = torch.stack([value.view(torch.int16), y.short(), x])
-                    slot.download(writers.pack(labels, block, list(vectors.values())))
+                        topk.add(top)
+                    slot.download(packed)
                 ring.send(slot, image_ids)
                 summary.images += len(image_ids)
                 if time.monotonic() - last_log >= 10:
