@@ -24,7 +24,7 @@ MINING_CODE = code_version(mining, query)
 
 class ExtractionConfig(dg.Config):
     batch_size: int = 256
-    compile: bool = False  # torch.compile the forward pass (GPU)
+    compile: bool | None = None  # torch.compile a batch's device work; unset: on a GPU
     bf16: bool = True  # bf16 autocast on the GPU
 
 
@@ -51,7 +51,7 @@ def run_extraction(
             model, batches, out / "extraction", split=split, layers=present,
             # fc units' activation rows only outside a training split: on ImageNet train they would be 7x the rows.
             activation_layers=[layer for layer in present if layer in CONV_LAYERS or split != "train"],
-            device=device, autocast=amp, compile=config.compile,
+            device=device, autocast=amp, compile=settings.use_compile(config.compile),
         )
         query.write_views(out / "extraction")
         return {"extraction": str(out / "extraction"), "images": summary.images, "layers": list(summary.layers),

@@ -52,6 +52,11 @@ class ZFSettings(dg.ConfigurableResource):
 
         return "cuda" if torch.cuda.is_available() else "cpu"
 
+    def use_compile(self, requested: bool | None) -> bool:
+        """An asset's ``compile`` option: as set, or when unset (None), on a GPU only. There a compiled
+        pass pays for its compilation; the demo's short passes on the CPU would not."""
+        return self.torch_device().startswith("cuda") if requested is None else requested
+
     def record(self, asset: str) -> dict:
         """What an asset's last materialization returned (stored by :class:`JsonIOManager`)."""
         path = self.out / "_records" / f"{asset}.json"

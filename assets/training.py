@@ -44,7 +44,7 @@ class TrainingConfig(dg.Config):
     seed: int = 0
     loader: str = "auto"
     workers: int = 0  # loader worker processes; 0: 8 on a GPU, none on the CPU (they would compete with training)
-    compile: bool = False
+    compile: bool | None = None  # torch.compile the network and the augmentation; unset: on a GPU
     launcher: str = "inprocess"  # or 'pipes': a subprocess through Dagster Pipes
 
 
@@ -73,7 +73,7 @@ def train_config(settings: ZFSettings, config: TrainingConfig, train_dir: str, v
         device=settings.torch_device(),
         loader=config.loader,
         workers=config.workers or (8 if settings.torch_device().startswith("cuda") else 0),
-        compile=config.compile,
+        compile=settings.use_compile(config.compile),
     )
 
 

@@ -28,6 +28,17 @@ def test_definitions_load_with_groups_and_checks():
     assert {"table4_complete", "table7_complete", "top9_complete", "zfnet_model_learned"} <= checks
 
 
+def test_compile_is_on_by_default_on_a_gpu_only():
+    """Unset, the training and extraction assets compile on a GPU (where it pays) and not on the CPU; a
+    value set in the run config wins either way, and the configs accept all three."""
+    for device, default in (("cpu", False), ("cuda", True), ("cuda:1", True)):
+        settings = ZFSettings(device=device)
+        assert settings.use_compile(None) is default
+        assert (settings.use_compile(True), settings.use_compile(False)) == (True, False)
+    for config in (assets.training.TrainingConfig, assets.features.ExtractionConfig):
+        assert config().compile is None and config(compile=True).compile is True and config(compile=False).compile is False
+
+
 def test_cached_stage_hits_on_same_key_and_rebuilds_on_a_new_one(tmp_path):
     calls = []
 
