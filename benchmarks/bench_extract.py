@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from unittest import mock
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from zf_pipeline import features
@@ -97,6 +99,25 @@ def extraction(model, inputs, steps: int, device, amp, compile: bool, out: Path,
     return summary.images / seconds, (
         f"{cpu / seconds:.0%} CPU, {waits['acquire'] / seconds:.0%} slot waits, {waits['close'] / seconds:.0%} tail, "
         f"{rest / seconds:.0%} rest; until tail {summary.images / (seconds - waits['close']):,.0f} img/s")
+
+
+def compiled_matches_eager(model, inputs, device, amp, out: Path) -> tuple[bool, str]:
+    """A fast wrong answer is no result: the compiled pass's conv1-5 map maxima against the eager pass's,
+    over two batches. Within 2% of the largest maximum (bf16 kernels round differently); a wrong graph
+    was off by ~50-80% (docs/results/extraction.md, run I)."""
+    labels = torch.zeros(len(inputs[0]), dtype=torch.long)
+    values = []
+    for compile in (False, True):
+        batches = [(inputs[i], labels, [f"img{i * len(labels) + j:08d}" for j in range(len(labels))]) for i in range(2)]
+        extract(model, batches, out / "check", split="check", layers=(), activation_layers=CONV_LAYERS, device=device,
+                autocast=amp, compile=compile)
+        table = pq.read_table(out / "check" / "activations")
+        table = pa.table({name: col.cast(pa.string()) if pa.types.is_dictionary(col.type) else col for name, col in zip(table.column_names, table.columns)})
+        table = table.sort_by([("layer", "ascending"), ("image_id", "ascending"), ("channel", "ascending")])
+        values.append(table.column("value").to_numpy().astype("float32"))
+        shutil.rmtree(out / "check")
+    worst, top = float(abs(values[0] - values[1]).max()), float(abs(values[0]).max())
+    return worst <= 0.02 * top, f"compiled vs eager map maxima: largest difference {worst:.3g} (largest maximum {top:.3g})"
 
 
 def writers_alone(model, sample: torch.Tensor, steps: int, out: Path, layers=features.FEATURE_LAYERS, activation_layers=None) -> str:
@@ -184,6 +205,11 @@ def main() -> None:
             for label, layers in configs.items():
                 print(f"| {label.removeprefix('extract: ')} | {writers_alone(model, inputs[0], steps, out, **layers)} |", flush=True)
             return
+        if compile:
+            ok, message = compiled_matches_eager(model, inputs, device, amp, out)
+            print(message + "\n")
+            if not ok:
+                sys.exit("the compiled extraction gives other maxima than the eager one: no timings for a wrong answer")
         base = forward_alone(model, inputs, steps, device, amp, compile)
         print("| pass | img/s | vs forward alone | the loop's thread |\n| --- | --- | --- | --- |")
         print(f"| forward pass alone (to fc8){' compiled' if compile else ''} | {base:,.0f} | 1.00 | |", flush=True)

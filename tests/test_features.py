@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -28,6 +29,7 @@ from zf_pipeline.features import (
 from zf_pipeline.mining import mine_top9
 from zf_pipeline.models.zfnet import build, variant
 from zf_pipeline.query import connect, write_views
+from zf_pipeline.train import kaiming_init
 
 SIZE = 64
 
@@ -341,44 +343,83 @@ def test_channels_last_gives_the_same_maxima_and_positions(tmp_path: Path) -> No
         assert read(tmp_path / "plain", table) == read(tmp_path / "last", table)
 
 
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="no CUDA device"))])
-def test_compiled_pass_equals_eager(tmp_path: Path, device: str) -> None:
-    """compile=True compiles the forward, the maxima, the packing and the top-k candidates as one graph: rows
-    equal the eager pass's up to float16 rounding, and the streaming top-k equals DuckDB's top 9 over the
-    table the pass wrote, ties included (it must rank the float16 values the table holds, not a fused
-    kernel's unrounded intermediates). A second pass, with another model object and labels on the
-    device, gives the same rows and reuses the graphs."""
-    base = random_images(6, seed=7)
-    images, ids = torch.cat([base, base]), [f"i{i:02d}" for i in range(12)]  # copies: every map ties
-    kwargs = dict(split="val", layers=("conv2", "fc7"), device=device)
-    extract(small_model(), batches_of(images, ids, 5), tmp_path / "eager", **kwargs)
-    extract(small_model(), batches_of(images, ids, 5), tmp_path / "compiled", compile=True, **kwargs)
+@pytest.mark.parametrize("device, arch, width, size, unique, batch", [
+    ("cpu", "krizhevsky", 0.0625, SIZE, 6, 5),
+    pytest.param("cuda", "krizhevsky", 0.0625, SIZE, 6, 5, marks=CUDA),
+    # The demo's net and batch size. (With the forward and the maxima in one compiled graph, the demo's
+    # *trained* net got wrong maxima on an H100, but this random one did not: extract's first-batch check
+    # against eager is what guards against such a compiler bug.)
+    pytest.param("cuda", "ours", 0.25, 96, 128, 256, marks=CUDA),
+])
+def test_compiled_pass_equals_eager(tmp_path: Path, device: str, arch: str, width: float, size: int, unique: int, batch: int) -> None:
+    """compile=True compiles the forward, then the maxima, the packing and the top-k candidates: rows equal
+    the eager pass's up to float rounding, and the streaming top-k equals DuckDB's top 9 over the table the
+    pass wrote, ties included (it must rank the float16 values the table holds, not a fused kernel's
+    unrounded intermediates). A second pass, with another model object, reuses the graphs; one with labels
+    on the device gives the same rows."""
+
+    def model() -> torch.nn.Module:
+        net = build(variant(arch, width=width, num_classes=5, input_size=size), seed=0)
+        kaiming_init(net)  # activations of random inputs stay O(1), as in a trained net
+        return net
+
+    base = torch.randn(unique, 3, size, size, generator=torch.Generator().manual_seed(7))
+    images, ids = torch.cat([base, base]), [f"i{i:03d}" for i in range(2 * unique)]  # copies: every map ties
+    kwargs = dict(split="val", layers=("conv2", "conv5", "fc7"), device=device)
+    extract(model(), batches_of(images, ids, batch), tmp_path / "eager", **kwargs)
+    extract(model(), batches_of(images, ids, batch), tmp_path / "compiled", compile=True, **kwargs)
     graphs = dynamo_counters["stats"]["unique_graphs"]
-    extract(small_model(), batches_of(images, ids, 5), tmp_path / "again", compile=True, **kwargs)
+    extract(model(), batches_of(images, ids, batch), tmp_path / "again", compile=True, **kwargs)
     assert dynamo_counters["stats"]["unique_graphs"] == graphs, "the second compiled pass compiled again"
     # Labels already on the device (as the nvJPEG loader gives them) take the other upload path.
-    on_device = [(x, y.to(device), i) for x, y, i in batches_of(images, ids, 5)]
-    extract(small_model(), on_device, tmp_path / "on_device", compile=True, **kwargs)
+    on_device = [(x, y.to(device), i) for x, y, i in batches_of(images, ids, batch)]
+    extract(model(), on_device, tmp_path / "on_device", compile=True, **kwargs)
     for run in ("again", "on_device"):
         assert read(tmp_path / run, "activations") == read(tmp_path / "compiled", "activations"), run
         assert pq.read_table(tmp_path / run / "stream_top9.parquet").equals(pq.read_table(tmp_path / "compiled" / "stream_top9.parquet")), run
-    for table in ("activations", "features"):
-        eager, compiled = read(tmp_path / "eager", table), read(tmp_path / "compiled", table)
-        assert len(eager) == len(compiled)
-        for a, b in zip(eager, compiled):
-            if table == "activations":  # fused kernels may round the last bit differently; positions must agree
-                assert (a["image_id"], a["channel"], a["y"], a["x"]) == (b["image_id"], b["channel"], b["y"], b["x"])
-                assert a["value"] == pytest.approx(b["value"], rel=2e-3, abs=1e-4)
-            else:
-                np.testing.assert_allclose(np.array(a["vector"], np.float32), np.array(b["vector"], np.float32), rtol=2e-3, atol=1e-4)
+    eager, compiled = read(tmp_path / "eager", "activations"), read(tmp_path / "compiled", "activations")
+    assert [(a["image_id"], a["layer"], a["channel"]) for a in eager] == [(b["image_id"], b["layer"], b["channel"]) for b in compiled]
+    # Other kernels round differently (on CUDA, cuDNN's TF32 convolutions, PyTorch's default): up to ~1e-3 of
+    # the values' scale. The one-graph bug was off by ~0.5 of it.
+    value = np.array([[a["value"], b["value"]] for a, b in zip(eager, compiled)], np.float32)
+    scale, worst = np.abs(value).max(), np.abs(value[:, 0] - value[:, 1]).max()
+    assert worst <= 5e-3 * scale, f"compiled maxima off by up to {worst:.3g} (largest maximum {scale:.3g})"
+    # Such rounding may also break a near-tie the other way and find a map's maximum elsewhere: rare.
+    moved = sum((a["y"], a["x"]) != (b["y"], b["x"]) for a, b in zip(eager, compiled))
+    assert moved <= max(1, len(eager) // 200), f"{moved} of {len(eager)} maxima at other positions"
+    vectors = [np.array([a["vector"], b["vector"]], np.float32) for a, b in zip(read(tmp_path / "eager", "features"), read(tmp_path / "compiled", "features"))]
+    assert max(np.abs(v[0] - v[1]).max() for v in vectors) <= 5e-3 * max(np.abs(v).max() for v in vectors)
     key = lambda r: (r["layer"], r["channel"], r["rank"])
     for run in ("eager", "compiled"):
         out = tmp_path / run
         mine_top9(out / "activations", out / "top9.parquet")
         stream = pq.read_table(out / "stream_top9.parquet").to_pylist()
         assert sorted(stream, key=key) == sorted(pq.read_table(out / "top9.parquet").to_pylist(), key=key), run
+
+
+def test_a_compiled_pass_that_disagrees_with_eager_on_its_first_batch_runs_eager(tmp_path: Path, monkeypatch, caplog) -> None:
+    """A compiler bug (one was seen on an H100) must not write wrong maxima: the first compiled batch is checked
+    against the eager pass, and on a disagreement the pass warns and runs eager. Graphs that agree run on."""
+    images, ids = random_images(10, seed=7), [f"i{i:02d}" for i in range(10)]
+    kwargs = dict(split="val", layers=("conv2", "fc7"))
+    extract(small_model(), batches_of(images, ids, 5), tmp_path / "eager", **kwargs)
+    for name, scale in (("agrees", 1.0), ("wrong", 3.0)):
+        def compiled(fn, scale=scale):  # stands in for torch.compile: the forward's conv2 maps times `scale`
+            if fn is not features._forward:
+                return fn
+            return lambda model, names, x: {k: v * scale if k == "conv2" else v for k, v in fn(model, names, x).items()}
+
+        monkeypatch.setattr(features, "_compiled", compiled)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger=features.log.name):
+            extract(small_model(), batches_of(images, ids, 5), tmp_path / name, compile=True, **kwargs)
+        assert ("runs eager" in caplog.text) == (name == "wrong"), caplog.text
+        for table in ("activations", "features"):
+            assert read(tmp_path / name, table) == read(tmp_path / "eager", table), (name, table)
 
 
 def test_row_groups_split_buffered_batches_without_losing_order(tmp_path: Path) -> None:
