@@ -542,8 +542,8 @@ def extract(
     # ~70 small ops a batch besides the forward, each a launch and a GIL hand-off, and it bounded the pass:
     # docs/results/extraction.md, run F). Two graphs, not one: with the forward and the maxima in one graph,
     # inductor (torch 2.11) computed wrong map maxima for the demo's trained net on an H100 (off by up to 25
-    # of 31, 1% of the positions); apart, both match the eager pass. The merge stays eager: compiled, inductor's fused per-row sort
-    # indexed out of bounds on an H100.
+    # of 31, 1% of the positions); apart, both match the eager pass. The merge stays eager: compiled,
+    # inductor's fused per-row sort indexed out of bounds on an H100.
     forward, outputs = (_compiled(_forward), _compiled(_batch_outputs)) if compile else (_forward, _batch_outputs)
     started = last_log = time.monotonic()
     seen: set[str] = set()
