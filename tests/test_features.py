@@ -402,22 +402,24 @@ def test_compiled_pass_equals_eager(tmp_path: Path, device: str, arch: str, widt
 
 
 def test_a_compiled_pass_that_disagrees_with_eager_on_its_first_batch_runs_eager(tmp_path: Path, monkeypatch, caplog) -> None:
-    """A compiler bug (one was seen on an H100) must not write wrong maxima: the first compiled batch is checked
-    against the eager pass, and on a disagreement the pass warns and runs eager. Graphs that agree run on."""
-    images, ids = random_images(10, seed=7), [f"i{i:02d}" for i in range(10)]
+    """A compiler bug (one was seen on an H100) must not write wrong maxima: the first compiled batch of each
+    shape (each has its own graphs) is checked against the eager pass, and on a disagreement the pass warns
+    and runs eager. Graphs that agree run on."""
+    images, ids = random_images(12, seed=7), [f"i{i:02d}" for i in range(12)]
     kwargs = dict(split="val", layers=("conv2", "fc7"))
-    extract(small_model(), batches_of(images, ids, 5), tmp_path / "eager", **kwargs)
-    for name, scale in (("agrees", 1.0), ("wrong", 3.0)):
-        def compiled(fn, scale=scale):  # stands in for torch.compile: the forward's conv2 maps times `scale`
+    extract(small_model(), batches_of(images, ids, 5), tmp_path / "eager", **kwargs)  # batches of 5, 5 and 2
+    for name, wrong_batch in (("agrees", 0), ("wrong", 5), ("wrong_last", 2)):
+        def compiled(fn, wrong_batch=wrong_batch):  # stands in for torch.compile: conv2 x3 in batches of that size
             if fn is not features._forward:
                 return fn
-            return lambda model, names, x: {k: v * scale if k == "conv2" else v for k, v in fn(model, names, x).items()}
+            return lambda model, names, x: {k: v * 3 if k == "conv2" and len(x) == wrong_batch else v
+                                            for k, v in fn(model, names, x).items()}
 
         monkeypatch.setattr(features, "_compiled", compiled)
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger=features.log.name):
             extract(small_model(), batches_of(images, ids, 5), tmp_path / name, compile=True, **kwargs)
-        assert ("runs eager" in caplog.text) == (name == "wrong"), caplog.text
+        assert ("runs eager" in caplog.text) == (name != "agrees"), caplog.text
         for table in ("activations", "features"):
             assert read(tmp_path / name, table) == read(tmp_path / "eager", table), (name, table)
 

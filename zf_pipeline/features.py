@@ -545,6 +545,7 @@ def extract(
     # of 31, 1% of the positions); apart, both match the eager pass. The merge stays eager: compiled,
     # inductor's fused per-row sort indexed out of bounds on an H100.
     forward, outputs = (_compiled(_forward), _compiled(_batch_outputs)) if compile else (_forward, _batch_outputs)
+    checked: set[int] = set()  # batch sizes whose compiled graphs were checked against eager
     started = last_log = time.monotonic()
     seen: set[str] = set()
     with atomic_path(out_dir) as tmp:
@@ -580,11 +581,13 @@ def extract(
                         args = (model, tuple(act_layers), tuple(layers), widths, k)
                         keys = None if topk is None else up[int(on_host) :]
                         packed, batch_finite, top = outputs(*args, forward(model, names, images), labels, keys)
-                        if compile and summary.images == 0:  # a compiled graph is trusted once it agrees with eager
+                        if forward is not _forward and len(image_ids) not in checked:
+                            # Each batch shape has its own graphs: each is trusted once it agrees with eager.
+                            checked.add(len(image_ids))
                             eager = _batch_outputs(*args, _forward(model, names, images), labels, keys)
                             if not _outputs_agree(eager[0], packed, len(image_ids), writers.maps):
                                 log.warning("split %r: the compiled pass gave other map maxima or vectors than the eager one on "
-                                            "its first batch (a compiler bug); this pass runs eager", split)
+                                            "a batch of %d (a compiler bug); this pass runs eager", split, len(image_ids))
                                 forward, outputs = _forward, _batch_outputs
                                 packed, batch_finite, top = eager
                     # Checked once at the end: a check per batch would make the host wait for the device.
