@@ -465,16 +465,19 @@ def _batch_outputs(
     return _Writers.pack(labels, block, list(vectors.values())), torch.isfinite(value).all(), top
 
 
-def _outputs_agree(eager: torch.Tensor, compiled: torch.Tensor, n: int, maps: int, tolerance: float = 2e-2) -> bool:
-    """Whether one batch's packed outputs (:meth:`_Writers.pack`, ``n`` images, ``maps`` activations columns)
-    agree up to rounding: the map maxima, and the vectors, within ``tolerance`` of their largest magnitude.
+def _outputs_agree(writers: _Writers, eager: torch.Tensor, compiled: torch.Tensor, n: int, tolerance: float = 2e-2) -> bool:
+    """Whether one batch's packed outputs (:meth:`_Writers.pack`, ``n`` images) agree up to rounding: the
+    map maxima, and the vectors, within ``tolerance`` of their largest magnitude.
     Other kernels round differently: on the demo's trained net on an H100, by up to 2e-4 of it in float32
     (cuDNN's TF32 convolutions) and 5e-3 under bf16 autocast (one bf16 step); a wrong graph
     (docs/results/extraction.md, run I) was off by ~0.5. Positions are not compared: rounding may break a
     near-tie the other way."""
-    start = 4 * n  # after the int64 labels
-    for a, b in ((start, start + n * maps), (start + 3 * n * maps, len(eager))):  # the value row of the block; the vectors
-        e, c = eager[a:b].view(torch.float16).float(), compiled[a:b].view(torch.float16).float()
+    parts = []
+    for flat in (eager, compiled):
+        _, block, *vectors = torch.split(flat, writers.part_sizes(n))
+        values = block[: n * writers.maps]  # the value row of the [3, n, maps] block
+        parts.append([t.view(torch.float16).float() for t in (values, torch.cat([values[:0], *vectors]))])
+    for e, c in zip(*parts):
         if e.numel() and float((e - c).abs().nan_to_num(nan=math.inf).max()) > tolerance * float(e.abs().max()):
             return False
     return True
@@ -585,7 +588,7 @@ def extract(
                             # Each batch shape has its own graphs: each is trusted once it agrees with eager.
                             checked.add(len(image_ids))
                             eager = _batch_outputs(*args, _forward(model, names, images), labels, keys)
-                            if not _outputs_agree(eager[0], packed, len(image_ids), writers.maps):
+                            if not _outputs_agree(writers, eager[0], packed, len(image_ids)):
                                 log.warning("split %r: the compiled pass gave other map maxima or vectors than the eager one on "
                                             "a batch of %d (a compiler bug); this pass runs eager", split, len(image_ids))
                                 forward, outputs = _forward, _batch_outputs
@@ -677,11 +680,15 @@ class _Writers:
         return torch.cat([labels.long().reshape(-1).view(torch.int16), block.reshape(-1),
                           *(v.reshape(-1).view(torch.int16) for v in vectors)])
 
+    def part_sizes(self, n: int) -> list[int]:
+        """The int16 elements of :meth:`pack`'s parts for ``n`` images: labels, the block, each layer's vectors."""
+        return [4 * n, 3 * n * self.maps] + [n * length for length in self.lengths]
+
     def unpack(self, flat: np.ndarray, n: int) -> list[np.ndarray]:
         """Views of :meth:`pack`'s parts of an ``n``-image batch in the host copy ``flat``: labels, one
         [3, n, C] block per activations layer (a column slice of the packed block), the vectors.
         numpy views: a torch call per part would drop and re-take the GIL each time."""
-        sizes = [4 * n, 3 * n * self.maps] + [n * length for length in self.lengths]
+        sizes = self.part_sizes(n)
         labels, block, *vectors = np.split(flat[: sum(sizes)], np.cumsum(sizes)[:-1])
         block = block.reshape(3, n, self.maps)
         blocks = [block[:, :, c] for c in self.columns]
