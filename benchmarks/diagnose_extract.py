@@ -1,6 +1,10 @@
 """Where do extraction's non-finite map maxima come from? Per-layer max |activation| and NaN counts.
 
-    python benchmarks/diagnose_extract.py [--checkpoint last.pt --shards DIR --mean FILE --input-scale S]
+    python benchmarks/diagnose_extract.py [--checkpoint last.pt --shards DIR --mean FILE --input-scale S --crop C]
+    python benchmarks/diagnose_extract.py --compare --no-random --checkpoint ... (run I, docs/results/extraction.md)
+
+``--compare`` instead sets compiled passes against the eager one, per batch: the forward and ``summarize``
+in one compiled graph, the forward compiled alone, and both compiled apart (what ``extract`` does).
 
 For a He-initialized Krizhevsky net on random inputs (and, given a checkpoint, for the first batches of
 a shard folder), runs the forward pass eagerly and compiled (``model.forward_layers``, compiled as
@@ -35,6 +39,36 @@ def report(name: str, model, batches: list[torch.Tensor], compiled_modes: tuple[
                           f"max={value.float().max().item():.3g} | max|act|/nan {stats}", flush=True)
 
 
+def compare(name: str, model, batches: list[torch.Tensor]) -> None:
+    """Per (case, batch): the map maxima's largest |difference| from eager (and the largest |maximum|), the
+    maxima found at another position, the vectors' largest |difference|, and whether all maxima are finite."""
+    layers = tuple(n for n in FEATURE_LAYERS if n in model.layers)
+
+    def forward(x):
+        return model.forward_layers(x, list(layers))
+
+    def summary(acts):
+        return summarize(model, acts, layers, layers)
+
+    forward_c, summary_c = torch.compile(forward, dynamic=False), torch.compile(summary, dynamic=False)
+    cases = {
+        "one graph (forward + summarize)": torch.compile(lambda x: summary(forward(x)), dynamic=False),
+        "compiled forward, eager summarize": lambda x: summary(forward_c(x)),
+        "two graphs (extract's)": lambda x: summary_c(forward_c(x)),
+    }
+    for amp in (None, torch.bfloat16):
+        with torch.inference_mode(), torch.autocast("cuda", amp or torch.float32, enabled=amp is not None):
+            for i, x in enumerate(batches):
+                value, pos, vectors = summary(forward(x))
+                for case, run in cases.items():
+                    v, p, vec = run(x)
+                    dv = (value.float() - v.float()).abs().max().item()
+                    dvec = max(((vectors[n].float() - vec[n].float()).abs().max().item() for n in vectors), default=0.0)
+                    print(f"{name} amp={amp} batch {i} {case}: maxima off by up to {dv:.3g} (largest {value.float().abs().max().item():.3g}), "
+                          f"{int((pos != p).sum())}/{pos.numel()} at other positions, vectors off by up to {dvec:.3g}, "
+                          f"finite={v.isfinite().all().item()}", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint")
@@ -44,6 +78,8 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=3, help="batches of the shard folder")
     p.add_argument("--eager-only", action="store_true", help="skip torch.compile (it crashed once with an illegal address)")
     p.add_argument("--no-random", action="store_true")
+    p.add_argument("--crop", type=int, default=224, help="input side (the demo's nets: 96)")
+    p.add_argument("--compare", action="store_true", help="compiled passes against the eager one (see above)")
     args = p.parse_args()
     dev = torch.device("cuda")
     modes = (False,) if args.eager_only else (False, True)
@@ -52,18 +88,19 @@ def main() -> None:
     net = net.eval().to(dev, memory_format=torch.channels_last)
     g = torch.Generator().manual_seed(0)
     xs = [torch.randn(256, 3, 224, 224, generator=g).to(dev).contiguous(memory_format=torch.channels_last) for _ in range(2)]
+    show = compare if args.compare else lambda name, model, batches: report(name, model, batches, modes)
     if not args.no_random:
-        report("random", net, xs, modes)
+        show("random", net, xs)
     if args.checkpoint:
         model = load_model(args.checkpoint, dev)
         split = open_split(args.shards)
         mean = load_mean(args.mean, split.size).to(dev)
         batches = []
-        for x, _, _ in network_inputs(split, mean, 224, 256, dev, args.input_scale):
+        for x, _, _ in network_inputs(split, mean, args.crop, 256, dev, args.input_scale):
             batches.append(x)
             if len(batches) == args.batches:
                 break
-        report("trained", model, batches, modes)
+        show("trained", model, batches)
 
 
 if __name__ == "__main__":
