@@ -384,7 +384,7 @@ def test_compiled_pass_equals_eager(tmp_path: Path, device: str, arch: str, widt
     eager, compiled = read(tmp_path / "eager", "activations"), read(tmp_path / "compiled", "activations")
     assert [(a["image_id"], a["layer"], a["channel"]) for a in eager] == [(b["image_id"], b["layer"], b["channel"]) for b in compiled]
     # Other kernels round differently (on CUDA, cuDNN's TF32 convolutions, PyTorch's default): up to ~1e-3 of
-    # the values' scale. The one-graph bug was off by ~0.5 of it.
+    # the values' scale. The one-graph bug was off by 0.4-1.1 of it.
     value = np.array([[a["value"], b["value"]] for a, b in zip(eager, compiled)], np.float32)
     scale, worst = np.abs(value).max(), np.abs(value[:, 0] - value[:, 1]).max()
     assert worst <= 5e-3 * scale, f"compiled maxima off by up to {worst:.3g} (largest maximum {scale:.3g})"

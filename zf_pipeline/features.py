@@ -470,7 +470,7 @@ def _outputs_agree(writers: _Writers, eager: torch.Tensor, compiled: torch.Tenso
     map maxima, and the vectors, within ``tolerance`` of their largest magnitude.
     Other kernels round differently: on the demo's trained net on an H100, by up to 2e-4 of it in float32
     (cuDNN's TF32 convolutions) and 5e-3 under bf16 autocast (one bf16 step); a wrong graph
-    (docs/results/extraction.md, run I) was off by ~0.5. Positions are not compared: rounding may break a
+    (docs/results/extraction.md, run I) was off by 0.4-1.1 of it. Positions are not compared: rounding may break a
     near-tie the other way."""
     parts = []
     for flat in (eager, compiled):
@@ -544,9 +544,9 @@ def extract(
     # Compiled, a batch is two calls from the loop's thread besides the top-k merge (eager, that thread paid
     # ~70 small ops a batch besides the forward, each a launch and a GIL hand-off, and it bounded the pass:
     # docs/results/extraction.md, run F). Two graphs, not one: with the forward and the maxima in one graph,
-    # inductor (torch 2.11) computed wrong map maxima for the demo's trained net on an H100 (off by up to 25
-    # of 31, 1% of the positions); apart, both match the eager pass. The merge stays eager: compiled,
-    # inductor's fused per-row sort indexed out of bounds on an H100.
+    # inductor (torch 2.11) computed wrong map maxima for the demo's trained net on an H100 (off by up to
+    # 20-58 where the largest is 52-64, 1% of the positions); apart, both match the eager pass. The merge
+    # stays eager: compiled, inductor's fused per-row sort indexed out of bounds on an H100.
     forward, outputs = (_compiled(_forward), _compiled(_batch_outputs)) if compile else (_forward, _batch_outputs)
     checked: set[int] = set()  # batch sizes whose compiled graphs were checked against eager
     started = last_log = time.monotonic()
