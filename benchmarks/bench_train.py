@@ -1,10 +1,12 @@
 """Training speed of ZFNet: the synthetic ceiling against end-to-end from shards, in one process.
 
-    python benchmarks/bench_train.py --shards DIR --mean FILE [--archs ours krizhevsky] [--modes cache hybrid gpu cpu]
+    python benchmarks/bench_train.py --shards DIR --mean FILE [--archs ours krizhevsky] [--modes cache+aug stream+aug]
 
 For each architecture: the compiled bf16 channels_last network trained on random tensors already on the
 GPU (the ceiling: nothing but the model), then the same step fed from the shard folder by each loader
-mode (read + decode + random crop + flip + mean subtraction included). Prints a table; ``--json``
+mode (read + decode + random crop + flip + mean subtraction included): ``cache`` holds the decoded split on
+the GPU, ``stream`` decodes it again every epoch in ``--workers`` processes (the path for ImageNet-size
+splits); ``stream`` also gets a row for the loader alone, with no training step. Prints a table; ``--json``
 writes the numbers. A ``+aug`` suffix (``cache+aug``) compiles the crop/flip/mean gather on its own, as
 ``zf_pipeline.train`` does; ``+fused`` compiles it into the network's forward (one graph from uint8 to
 loss); ``+graph`` does that under CUDA graphs (torch.compile mode="reduce-overhead"). Without a suffix
@@ -22,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from zf_pipeline.data.loader import crop_draws, crop_flip, endless, load_mean, make_source, open_split
+from zf_pipeline.data.stream import measure
 from zf_pipeline.models import build, variant
 from zf_pipeline.train import kaiming_init, make_step
 
@@ -87,12 +90,16 @@ def bench(arch: str, args) -> list[dict]:
     for mode in args.modes:
         t0 = time.perf_counter()
         mode_kind, _, how = mode.partition("+")  # 'cache+fused': augmentation compiled into the forward
-        kind, _, frac = mode_kind.partition(":")  # 'hybrid:0.6' = 60% decoded by the CPU workers
+        kind = mode_kind
         if how in ("fused", "graph") and how not in fused:
             fused[how] = fused_step(net, opt, mean, 224, "reduce-overhead" if how == "graph" else None)
-        src = make_source(split, b, shuffle=True, mode=kind, num_workers=args.workers, device=dev,
-                          cpu_fraction=float(frac or 0.5))
+        src = make_source(split, b, shuffle=True, mode=kind, workers=args.workers, device=dev)
         setup_s = time.perf_counter() - t0
+        if kind == "stream" and "stream alone" not in {r["source"] for r in rows}:
+            alone = measure(src, args.steps)
+            rows.append({"arch": arch, "source": "stream alone", "img_per_s": alone, "of_ceiling": alone / ceiling,
+                         "of_design": float("nan"), "setup_s": setup_s})
+            print("row", json.dumps(rows[-1]), flush=True)
         batches = endless(src)
 
         def e2e() -> None:
@@ -109,6 +116,9 @@ def bench(arch: str, args) -> list[dict]:
         except Exception as e:  # one failing variant (a compile mode, say) must not lose the table
             print("mode", mode, "failed:", repr(e)[:500], flush=True)
             continue
+        finally:
+            batches.close()  # a stream's workers finish their jobs and stop with it
+            del batches, src
         rows.append({"arch": arch, "source": f"shards, {mode}", "img_per_s": rate, "of_ceiling": rate / ceiling,
                      "of_design": rate / DESIGN_CEILING.get(arch, float("nan")), "setup_s": setup_s})
         print("row", json.dumps(rows[-1]), flush=True)  # a partial table survives a timeout
@@ -120,7 +130,7 @@ def main() -> None:
     p.add_argument("--shards", required=True)
     p.add_argument("--mean", required=True)
     p.add_argument("--archs", nargs="+", default=["ours", "krizhevsky"])
-    p.add_argument("--modes", nargs="+", default=["cache", "hybrid", "gpu", "cpu"])
+    p.add_argument("--modes", nargs="+", default=["cache+aug", "stream+aug"])
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--warmup", type=int, default=30)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 
@@ -13,7 +14,7 @@ import torch.multiprocessing as mp
 from shard_writer import write_mean, write_split
 from torch import nn
 
-from zf_pipeline.data.loader import DecodedCache, ShardFormatError, ShardStream, augment, load_mean, open_split
+from zf_pipeline.data.loader import DecodedCache, ShardFormatError, augment, load_mean, open_split
 from zf_pipeline.evaluate import evaluate, evaluate_ensemble, eval_crops, topk_errors
 from zf_pipeline.models.checkpoint import load_checkpoint
 from zf_pipeline.tables import table1, table2
@@ -53,37 +54,7 @@ def _config(data, out, **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
-# ---- loader
-
-
-def test_stream_reads_every_sample_once_and_reshuffles_each_epoch(data):
-    split = open_split(data / "train")
-    src = ShardStream(split, 8, shuffle=True, seed=0, decode="cpu")
-    e0 = [torch.cat([x.float().mean((1, 2, 3)) for x, _ in src.epoch(0)])]
-    e0_again = [torch.cat([x.float().mean((1, 2, 3)) for x, _ in src.epoch(0)])]
-    e1 = [torch.cat([x.float().mean((1, 2, 3)) for x, _ in src.epoch(1)])]
-    assert len(e0[0]) == 48 == len(src) * 8
-    assert torch.equal(e0[0], e0_again[0])  # deterministic given (seed, epoch)
-    assert not torch.equal(e0[0], e1[0])  # a new order every epoch
-    assert torch.equal(e0[0].sort().values, e1[0].sort().values)  # the same images
-
-
-@pytest.mark.parametrize("decode", ["cpu", "gpu", "hybrid"])  # 'gpu' decodes in the main process (here on the CPU)
-def test_cache_and_stream_hold_the_same_images(data, decode):
-    split = open_split(data / "val")
-    src = ShardStream(split, 5, shuffle=False, decode=decode, cpu_fraction=0.4, num_workers=1)
-    stream = torch.cat([x for x, _ in src.epoch(0)])
-    cache = DecodedCache(split, 5, shuffle=False)
-    assert stream.shape == (18, 3, SIZE, SIZE) and torch.equal(stream, cache.images)
-    by_id = sorted((f"{CLASSES[i % 3]}/{i:06d}", i % 3) for i in range(18))  # val is written in image_id order
-    assert cache.labels.tolist() == [label for _, label in by_id]
-
-
-def test_ddp_ranks_read_disjoint_shards_and_take_equal_steps(data):
-    split = open_split(data / "train")  # 6 shards of 8
-    ranks = [ShardStream(split, 8, shuffle=True, rank=r, world_size=2) for r in (0, 1)]
-    assert set(ranks[0].shards).isdisjoint(ranks[1].shards)
-    assert [sum(1 for _ in r.epoch(0)) for r in ranks] == [3, 3]
+# ---- loader (more in test_stream.py)
 
 
 def test_incomplete_folder_and_bad_mean_fail_clearly(tmp_path, data):
@@ -246,6 +217,7 @@ def _ddp_worker(rank: int, port: int, cfg: TrainConfig, out: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
+    logging.basicConfig(filename=f"{out}/rank{rank}.log", level=logging.INFO, force=True)
     result = train(cfg)
     torch.save({k: v.clone() for k, v in result.model.state_dict().items()}, f"{out}/rank{rank}.pt")
     torch.distributed.destroy_process_group()
@@ -265,6 +237,23 @@ def test_ddp_with_two_gloo_processes_keeps_ranks_in_step(data, tmp_path):
     assert final["val_10crop_n"] == 18  # both ranks' val shards counted once
     rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 1 and json.loads(rows[0])["img_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_ddp_ranks_pick_their_own_loader_and_still_step_together(data, tmp_path):
+    # 40 images in 5 shards: rank 0 holds 24, rank 1 16; a budget of 20 images caches on rank 1 only.
+    write_split(*_images(40, 2), tmp_path / "train", "train", CLASSES, size=SIZE, per_shard=8)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = _config(data, tmp_path / "run", shards=str(tmp_path / "train"), epochs=1, width=0.0625, loader="auto",
+                  cache_budget_gb=20 * 3 * SIZE * SIZE / 1e9, workers=1, final_train_error=False, final_ten_crop=False)
+    mp.spawn(_ddp_worker, args=(port, cfg, str(tmp_path)), nprocs=2, join=True)
+    train_line = [next(line for line in (tmp_path / f"rank{r}.log").read_text().splitlines()
+                       if f"{tmp_path / 'train'} decoded" in line) for r in (0, 1)]
+    assert "loader auto -> stream" in train_line[0] and "loader auto -> cache" in train_line[1]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert all(torch.equal(r0[k], r1[k]) for k in r0)
 
 
 def test_cli_flags_map_to_config():

@@ -73,10 +73,10 @@ class TrainConfig:
     input_scale: float = 1.0  # multiplies (pixel - mean); the paper feeds raw 0..255 differences
     seed: int = 0
     device: str = "auto"  # 'auto' = cuda if available
-    # 'cpu' (worker decode), 'gpu' (nvJPEG), 'hybrid' (both), 'cache' (decode once, keep on the device:
-    # the fastest where the split fits, see docs/results/training.md); 'auto' = gpu on CUDA, else cpu
+    # 'cache' (decode once, keep on the device), 'stream' (decode every epoch in `workers` processes) or
+    # 'auto': the cache when the rank's decoded split fits cache_budget_gb, else the stream
     loader: str = "auto"
-    cpu_fraction: float = 0.5  # 'hybrid': share of each batch decoded by the CPU workers
+    cache_budget_gb: float = 0.0  # 0: half the GPU's memory (a quarter of the host's on the CPU)
     workers: int = 4
     compile: bool = False  # torch.compile the network (GPU)
     amp: bool = True  # bf16 autocast on the GPU
@@ -216,7 +216,6 @@ def train(cfg: TrainConfig) -> RunResult:
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
     amp = cfg.amp and device.type == "cuda"
-    mode = cfg.loader if cfg.loader != "auto" else ("gpu" if device.type == "cuda" else "cpu")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -232,8 +231,8 @@ def train(cfg: TrainConfig) -> RunResult:
         raise ValueError(f"init must be 'normal' or 'kaiming', not {cfg.init!r}")
     net = net.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
 
-    src = dict(mode=mode, seed=cfg.seed, num_workers=cfg.workers, rank=rank, world_size=world, device=device,
-               cpu_fraction=cfg.cpu_fraction)
+    src = dict(mode=cfg.loader, seed=cfg.seed, workers=cfg.workers, rank=rank, world_size=world, device=device,
+               budget=int(cfg.cache_budget_gb * 1e9) or None)
     train_src = make_source(split, cfg.batch_size, shuffle=True, **src)
     if len(train_src) == 0:  # full batches only (drop_last): an epoch would take no step at all
         raise ValueError(f"{cfg.shards}: {split.num_images} training images make no full batch of {cfg.batch_size} "

@@ -1,25 +1,25 @@
 """Shards -> batches of uint8 images on the training device (the shard format of ``zf_pipeline.data.shards``).
 
-Four sources with one interface (``len(src)`` batches a epoch, ``src.epoch(e)`` yields
-``(images uint8 N x 3 x S x S on device, labels int64 on device)``):
+Two sources with one interface (``len(src)`` batches an epoch, ``src.epoch(e)`` yields
+``(images uint8 N x 3 x S x S on device, labels int64 on device)``) and the same batches:
 
-- ``decode="cpu"``: DataLoader workers read tars and decode JPEGs (libjpeg through torchvision).
-- ``decode="gpu"``: workers only read JPEG bytes (cheap); the main process decodes each batch with
-  batched nvJPEG (``torchvision.io.decode_jpeg(list, device="cuda")``).
-- ``decode="hybrid"``: workers decode a fraction of each batch, nvJPEG the rest.
-- :class:`DecodedCache`: the whole split decoded once and held on the device (Imagenette train is
-  9,469 x 196 KB = 1.9 GB), for datasets that fit: no decode at all after the first pass.
+- :class:`DecodedCache`: a rank's shards decoded once and held on the device (Imagenette train is
+  9,469 x 196 KB = 1.9 GB): no decode at all after the first pass, for splits that fit.
+- :class:`~zf_pipeline.data.stream.ShardStream`: JPEGs read in place from the shards and decoded
+  again every epoch by worker processes, for splits that do not (ImageNet train: 252 GB decoded).
 
-Order is deterministic given (seed, epoch): shard order and a sample shuffle buffer are seeded by
-both, and each DDP rank reads its own shards (``shards[rank::world_size]``). Crops, flips and mean
-subtraction happen on the device, in :func:`augment` (training) and ``zf_pipeline.evaluate`` (test).
+``make_source(mode="auto")`` picks the cache when the rank's decoded images fit a memory budget. Order
+is deterministic given (seed, epoch) (:func:`epoch_order`), and each DDP rank reads its own shards
+(``shards[rank::world_size]``). Crops, flips and mean subtraction happen on the device, in
+:func:`augment` (training) and ``zf_pipeline.evaluate`` (test).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import random
+import os
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from zf_pipeline.data.shards import IncompleteShards, ShardFormatError, iter_shard, load_summary
+from zf_pipeline.data.stream import ShardStream
 
 log = logging.getLogger(__name__)
 
@@ -77,150 +77,35 @@ def epoch_seed(seed: int, epoch: int, *parts: int) -> int:
     return hash((seed, epoch, *parts)) & 0x7FFF_FFFF
 
 
-class _Samples(IterableDataset):
-    """Samples of a rank's shards: shard order and a shuffle buffer seeded by (seed, epoch).
+def rank_shards(split: Split, batch_size: int, shuffle: bool, rank: int, world_size: int) -> tuple[list[Path], int]:
+    """A DDP rank's own shards (``shards[rank::world_size]``) and its batches per epoch.
 
-    The epoch lives in shared memory so that persistent workers see the one the main process set.
-    ``cpu_fraction`` of the samples are decoded here (in the worker); the rest travel as JPEG bytes.
+    Training (``shuffle``) takes full batches only, and every rank the same number of them (DDP steps in
+    lockstep): the smallest rank's count. Evaluation takes every image of the rank's shards.
     """
+    if len(split.shards) < world_size:
+        raise ShardFormatError(f"{split.root}: {len(split.shards)} shards cannot feed {world_size} ranks")
+    import pyarrow.parquet as pq
 
-    def __init__(self, shards: list[Path], shuffle: bool, seed: int, cpu_fraction: float, buffer: int = 2048):
-        self.shards, self.shuffle, self.seed = shards, shuffle, seed
-        self.cpu_fraction, self.buffer = cpu_fraction, buffer
-        self.epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
-
-    def __iter__(self):
-        info = get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info else (0, 1)
-        epoch = int(self.epoch)
-        shards = list(self.shards)
-        rng = random.Random(epoch_seed(self.seed, epoch, wid))
-        if self.shuffle:
-            random.Random(epoch_seed(self.seed, epoch)).shuffle(shards)
-        buf: list = []
-        n = 0
-        for shard in shards[wid::nw]:
-            for sample in iter_shard(shard):
-                # Decode on the CPU for the samples where (n+1)*f crosses an integer: exactly a fraction f.
-                decode = int((n + 1) * self.cpu_fraction) > int(n * self.cpu_fraction)
-                n += 1
-                item = (self._image(sample.jpeg, decode), sample.label)
-                if not self.shuffle:
-                    yield item
-                    continue
-                buf.append(item)
-                if len(buf) >= self.buffer:
-                    i = rng.randrange(len(buf))
-                    buf[i], buf[-1] = buf[-1], buf[i]
-                    yield buf.pop()
-        rng.shuffle(buf)
-        yield from buf
-
-    @staticmethod
-    def _image(data: bytes, decode: bool) -> torch.Tensor:
-        raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        return decode_jpeg(raw, mode=ImageReadMode.RGB) if decode else raw
+    per_shard = Counter(pq.read_table(split.root / "manifest.parquet", columns=["shard"]).column(0).to_pylist())
+    images = [sum(per_shard[s.name] for s in split.shards[r::world_size]) for r in range(world_size)]
+    steps = min(images) // batch_size if shuffle else -(-images[rank] // batch_size)
+    return list(split.shards[rank::world_size]), steps
 
 
-def _collate(items: list) -> dict[str, torch.Tensor]:
-    """One batch as a few tensors: decoded images stacked, JPEG bytes packed into one buffer.
+def epoch_order(n: int, steps: int, batch_size: int, shuffle: bool, seed: int, epoch: int) -> torch.Tensor:
+    """The positions (in a rank's stored order) of an epoch's samples, batch after batch.
 
-    Few large tensors instead of one per image: each tensor crossing the worker queue costs a
-    shared-memory segment and each pinned copy an allocation.
+    One definition for the cache and the stream, so both yield the same batches for (seed, epoch, rank).
     """
-    images, labels = zip(*items)
-    dec = [i for i, im in enumerate(images) if im.dim() == 3]
-    raw = [i for i, im in enumerate(images) if im.dim() == 1]
-    batch = {"labels": torch.tensor(labels, dtype=torch.int64), "decoded_idx": torch.tensor(dec, dtype=torch.int64),
-             "raw_idx": torch.tensor(raw, dtype=torch.int64),
-             "raw_len": torch.tensor([len(images[i]) for i in raw], dtype=torch.int64)}
-    batch["decoded"] = torch.stack([images[i] for i in dec]) if dec else torch.empty(0, dtype=torch.uint8)
-    batch["raw"] = torch.cat([images[i] for i in raw]) if raw else torch.empty(0, dtype=torch.uint8)
-    return batch
-
-
-class ShardStream:
-    """Batches streamed from a split's tar shards, decoded by CPU workers, by nvJPEG on the GPU, or both.
-
-    ``decode``: 'cpu' (workers decode), 'gpu' (workers read bytes, the main process decodes each batch
-    with batched nvJPEG) or 'hybrid' (workers decode ``cpu_fraction`` of each batch, nvJPEG the rest:
-    the two decoders together outrun either alone).
-    """
-
-    def __init__(
-        self,
-        split: Split,
-        batch_size: int,
-        *,
-        shuffle: bool,
-        seed: int = 0,
-        decode: str = "cpu",
-        num_workers: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        device: str | torch.device = "cpu",
-        drop_last: bool | None = None,
-        cpu_fraction: float = 0.5,
-    ):
-        fractions = {"cpu": 1.0, "gpu": 0.0, "hybrid": cpu_fraction}
-        if decode not in fractions:
-            raise ValueError(f"decode must be one of {sorted(fractions)}, not {decode!r}")
-        if len(split.shards) < world_size:
-            raise ShardFormatError(f"{split.root}: {len(split.shards)} shards cannot feed {world_size} ranks")
-        self.split, self.batch_size, self.world_size = split, batch_size, world_size
-        self.device = torch.device(device)
-        self.drop_last = shuffle if drop_last is None else drop_last
-        self.samples = _Samples(list(split.shards[rank::world_size]), shuffle, seed, fractions[decode])
-        self.shards = self.samples.shards
-        self.loader = DataLoader(
-            self.samples,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            collate_fn=_collate,
-            pin_memory=self.device.type == "cuda",
-            drop_last=self.drop_last,
-            persistent_workers=num_workers > 0,  # no worker start-up at every epoch
-            prefetch_factor=4 if num_workers else None,
-        )
-
-    def __len__(self) -> int:
-        # Training: every rank takes the same number of steps (DDP needs it), from the split's total.
-        if self.drop_last:
-            return self.split.num_images // (self.batch_size * self.world_size)
-        return -(-self.split.num_images // (self.batch_size * self.world_size))
-
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The batches of one epoch; a training rank whose shards run short starts them over."""
-        steps, done, rounds = len(self), 0, 0
-        while True:
-            self.samples.epoch.fill_(epoch * 1000 + rounds)
-            before = done
-            for batch in self.loader:
-                yield self._to_device(batch), batch["labels"].to(self.device, non_blocking=True)
-                done += 1
-                if self.drop_last and done == steps:
-                    return
-            if not self.drop_last:
-                return
-            if done == before:
-                raise ShardFormatError(f"{self.split.root}: this rank's shards hold fewer than {self.batch_size} images")
-            rounds += 1
-
-    def _to_device(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """uint8 N x 3 x S x S on the device: worker-decoded images copied, the rest decoded by nvJPEG here."""
-        if not len(batch["raw_idx"]):
-            return batch["decoded"].to(self.device, non_blocking=True)
-        s = self.split.size
-        out = torch.empty((len(batch["labels"]), 3, s, s), dtype=torch.uint8, device=self.device)
-        jpegs = list(torch.split(batch["raw"], batch["raw_len"].tolist()))
-        out[batch["raw_idx"].to(self.device)] = decode_jpegs_cuda(jpegs, self.device)
-        if len(batch["decoded_idx"]):
-            out[batch["decoded_idx"].to(self.device)] = batch["decoded"].to(self.device, non_blocking=True)
-        return out
+    if not shuffle:
+        return torch.arange(n)
+    g = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+    return torch.randperm(n, generator=g)[: steps * batch_size]
 
 
 class DecodedCache:
-    """A whole split decoded once into one uint8 tensor on ``device``; batches are index gathers."""
+    """A rank's shards decoded once into one uint8 tensor on ``device``; batches are index gathers."""
 
     def __init__(
         self,
@@ -235,21 +120,15 @@ class DecodedCache:
         threads: int = 8,
     ):
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        self.rank, self.world_size, self.device = rank, world_size, torch.device(device)
-        self.images, self.labels = decode_split(split, self.device, threads)
+        self.device = torch.device(device)
+        shards, self.steps = rank_shards(split, batch_size, shuffle, rank, world_size)
+        self.images, self.labels, self.skipped = decode_split(split, self.device, threads, shards)
 
     def __len__(self) -> int:
-        n = len(self.labels) // self.world_size
-        return n // self.batch_size if self.shuffle else -(-n // self.batch_size)
+        return self.steps
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self.labels)
-        if self.shuffle:
-            g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
-            order = torch.randperm(n, generator=g)
-        else:
-            order = torch.arange(n)
-        order = order[self.rank :: self.world_size][: n // self.world_size]
+        order = epoch_order(len(self.labels), self.steps, self.batch_size, self.shuffle, self.seed, epoch)
         if self.device.type == "cuda":  # pinned + async: a pageable copy would drain the GPU every epoch
             order = order.pin_memory()
         order = order.to(self.device, non_blocking=True)
@@ -270,23 +149,64 @@ def decode_jpegs_cuda(raw: list[torch.Tensor], device: torch.device) -> torch.Te
     return torch.stack(decode_jpeg(raw, mode=ImageReadMode.RGB, device=device))
 
 
-def decode_split(split: Split, device: torch.device, threads: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    """All images of a split as (uint8 N x 3 x S x S, int64 labels) on ``device``, in the split's order."""
+def decode_split(
+    split: Split, device: torch.device, threads: int = 8, shards: list[Path] | None = None
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """The images of ``shards`` (default: all of the split's) as (uint8 N x 3 x S x S, int64 labels) on
+    ``device`` in stored order, and the ``shard:key`` of each JPEG that did not decode (left out, logged)."""
+    shards = list(split.shards) if shards is None else shards
     with ThreadPoolExecutor(threads) as pool:
-        per_shard = list(pool.map(lambda s: [(x.key, x.jpeg, x.label) for x in iter_shard(s)], split.shards))
+        per_shard = list(pool.map(lambda s: [(f"{s.name}:{x.key}", x.jpeg, x.label) for x in iter_shard(s)], shards))
     samples = [s for shard in per_shard for s in shard]
     out = torch.empty((len(samples), 3, split.size, split.size), dtype=torch.uint8, device=device)
+    labels, skipped, n = [], [], 0
     chunk = 1024
-    for i in range(0, len(samples), chunk):
-        raw = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for _, d, _ in samples[i : i + chunk]]
+    with ThreadPoolExecutor(threads) as pool:
+        for i in range(0, len(samples), chunk):
+            part = samples[i : i + chunk]
+            raw = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for _, d, _ in part]
+            if device.type == "cuda":
+                try:
+                    images = list(decode_jpegs_cuda(raw, device))
+                except RuntimeError:  # one bad JPEG fails the batched call: find it image by image
+                    images = [_decode_or_none(r, device) for r in raw]
+            else:  # libjpeg releases the GIL
+                images = list(pool.map(lambda r: _decode_or_none(r, device), raw))
+            for (key, _, label), image in zip(part, images):
+                if image is None or image.shape != (3, split.size, split.size):
+                    skipped.append(key)
+                    log.warning("%s: %s is not a decodable %dx%d JPEG; left out", split.root, key, split.size, split.size)
+                    continue
+                out[n] = image
+                labels.append(label)
+                n += 1
+    log.info("decoded %d images of %s onto %s (%.2f GB)", n, split.root, device, out[:n].numel() / 1e9)
+    return out[:n], torch.tensor(labels, dtype=torch.int64, device=device), skipped
+
+
+def _decode_or_none(raw: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+    try:
         if device.type == "cuda":
-            out[i : i + len(raw)] = decode_jpegs_cuda(raw, device)
-        else:
-            with ThreadPoolExecutor(threads) as pool:  # libjpeg releases the GIL
-                out[i : i + len(raw)] = torch.stack(list(pool.map(lambda r: decode_jpeg(r, mode=ImageReadMode.RGB), raw)))
-    labels = torch.tensor([label for _, _, label in samples], dtype=torch.int64, device=device)
-    log.info("decoded %d images of %s onto %s (%.2f GB)", len(samples), split.root, device, out.numel() / 1e9)
-    return out, labels
+            return decode_jpegs_cuda([raw], device)[0]
+        return decode_jpeg(raw, mode=ImageReadMode.RGB)
+    except RuntimeError:
+        return None
+
+
+def decoded_bytes(split: Split, rank: int = 0, world_size: int = 1) -> int:
+    """Bytes a rank's shards take decoded (uint8 3 x S x S each): what :class:`DecodedCache` would hold."""
+    import pyarrow.parquet as pq
+
+    mine = {s.name for s in split.shards[rank::world_size]}
+    shard = pq.read_table(split.root / "manifest.parquet", columns=["shard"]).column(0).to_pylist()
+    return sum(name in mine for name in shard) * 3 * split.size * split.size
+
+
+def cache_budget(device: torch.device) -> int:
+    """The default memory budget for a decoded cache: half the GPU's memory, or a quarter of the host's."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory // 2
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
 
 
 def make_source(
@@ -294,19 +214,30 @@ def make_source(
     batch_size: int,
     *,
     shuffle: bool,
-    mode: str,
+    mode: str = "auto",
     seed: int = 0,
-    num_workers: int = 0,
+    workers: int = 0,
     rank: int = 0,
     world_size: int = 1,
     device: str | torch.device = "cpu",
-    cpu_fraction: float = 0.5,
+    budget: int | None = None,
 ) -> ShardStream | DecodedCache:
-    """A batch source by mode: 'cpu' / 'gpu' / 'hybrid' (stream, decode there) or 'cache' (decode once, keep)."""
+    """A batch source: 'cache' (decode the rank's shards once, keep them on ``device``), 'stream' (decode
+    them again every epoch in ``workers`` processes) or 'auto': the cache when the rank's decoded images
+    fit ``budget`` bytes (default :func:`cache_budget`), else the stream. Both give the same batches."""
+    device = torch.device(device)
+    if mode == "auto":
+        need, budget = decoded_bytes(split, rank, world_size), budget if budget is not None else cache_budget(device)
+        mode = "cache" if need <= budget else "stream"
+        log.info("loader auto -> %s: %s decoded takes %.1f GB on rank %d, the cache budget on %s is %.1f GB%s",
+                 mode, split.root, need / 1e9, rank, device, budget / 1e9,
+                 "" if mode == "cache" else f"; streaming with {workers} decoding workers")
     if mode == "cache":
         return DecodedCache(split, batch_size, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size, device=device)
-    return ShardStream(split, batch_size, shuffle=shuffle, seed=seed, decode=mode, num_workers=num_workers,
-                       rank=rank, world_size=world_size, device=device, cpu_fraction=cpu_fraction)
+    if mode == "stream":
+        return ShardStream(split, batch_size, shuffle=shuffle, seed=seed, workers=workers, rank=rank,
+                           world_size=world_size, device=device)
+    raise ValueError(f"loader mode must be 'auto', 'cache' or 'stream', not {mode!r}")
 
 
 def crop_draws(n: int, size: int, crop: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
