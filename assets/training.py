@@ -8,6 +8,7 @@ Kubernetes (or another) Pipes client without touching the training code (see REA
 
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -42,8 +43,9 @@ class TrainingConfig(dg.Config):
     patience: int = 5
     warmup_epochs: int = 0  # linear lr ramp over the first epochs (0: none, the paper)
     seed: int = 0
-    loader: str = "auto"
-    workers: int = 0  # loader worker processes; 0: 8 on a GPU, none on the CPU (they would compete with training)
+    loader: str = "auto"  # 'cache' (decoded split kept on the device), 'stream' (decoded every epoch) or 'auto'
+    cache_budget_gb: float = 0.0  # 'auto' caches when the decoded split fits; 0: half the GPU's memory
+    workers: int = 0  # stream decoding processes; 0: all cores but two on a GPU, none on the CPU (they would compete with training)
     compile: bool | None = None  # torch.compile the network and the augmentation; unset: on a GPU
     launcher: str = "inprocess"  # or 'pipes': a subprocess through Dagster Pipes
 
@@ -72,7 +74,8 @@ def train_config(settings: ZFSettings, config: TrainingConfig, train_dir: str, v
         seed=over.get("seed", config.seed),
         device=settings.torch_device(),
         loader=config.loader,
-        workers=config.workers or (8 if settings.torch_device().startswith("cuda") else 0),
+        cache_budget_gb=config.cache_budget_gb,
+        workers=config.workers or (max(1, (os.cpu_count() or 1) - 2) if settings.torch_device().startswith("cuda") else 0),
         compile=settings.use_compile(config.compile),
     )
 
@@ -196,7 +199,7 @@ def table2(
     models = [checkpoint.load_model(r["checkpoint"], device) for r in records]
 
     def batches():
-        return loader.make_source(split, 256, shuffle=False, mode="cpu", device=device).epoch(0)
+        return loader.make_source(split, 256, shuffle=False, device=device).epoch(0)
 
     ensemble = evaluate.evaluate_ensemble(models, batches, mean, crop, mode="ten", scale=scale, amp=device.type == "cuda")
     single = records[0]["final"]

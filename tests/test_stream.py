@@ -114,3 +114,17 @@ def test_auto_caches_what_fits_the_budget_and_streams_the_rest(split, caplog):
 def test_unknown_mode_is_refused(split):
     with pytest.raises(ValueError, match="'auto', 'cache' or 'stream'"):
         make_source(split, 4, shuffle=True, mode="gpu")
+
+
+def test_cache_falls_back_to_the_cpu_where_nvjpeg_cannot_decode(split, monkeypatch, caplog):
+    from zf_pipeline.data import loader
+
+    def no_nvjpeg(raw, device):
+        raise RuntimeError("nvjpeg is not available in this build")
+
+    monkeypatch.setattr(loader, "decode_jpegs_cuda", no_nvjpeg)
+    with caplog.at_level(logging.WARNING):
+        images, labels, skipped = loader.decode_split(split, torch.device("cpu"), nvjpeg=True)
+    reference = loader.decode_split(split, torch.device("cpu"))
+    assert torch.equal(images, reference[0]) and torch.equal(labels, reference[1]) and skipped == []
+    assert sum("nvJPEG cannot decode" in r.message for r in caplog.records) == 1

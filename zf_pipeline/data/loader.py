@@ -150,28 +150,37 @@ def decode_jpegs_cuda(raw: list[torch.Tensor], device: torch.device) -> torch.Te
 
 
 def decode_split(
-    split: Split, device: torch.device, threads: int = 8, shards: list[Path] | None = None
+    split: Split, device: torch.device, threads: int = 8, shards: list[Path] | None = None, nvjpeg: bool | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """The images of ``shards`` (default: all of the split's) as (uint8 N x 3 x S x S, int64 labels) on
-    ``device`` in stored order, and the ``shard:key`` of each JPEG that did not decode (left out, logged)."""
+    ``device`` in stored order, and the ``shard:key`` of each JPEG that did not decode (left out, logged).
+
+    ``nvjpeg`` (default: on a CUDA device) decodes with batched nvJPEG; where it cannot run, one log line
+    says so and the CPU decodes instead.
+    """
     shards = list(split.shards) if shards is None else shards
+    nvjpeg = device.type == "cuda" if nvjpeg is None else nvjpeg
     with ThreadPoolExecutor(threads) as pool:
         per_shard = list(pool.map(lambda s: [(f"{s.name}:{x.key}", x.jpeg, x.label) for x in iter_shard(s)], shards))
     samples = [s for shard in per_shard for s in shard]
     out = torch.empty((len(samples), 3, split.size, split.size), dtype=torch.uint8, device=device)
     labels, skipped, n = [], [], 0
     chunk = 1024
-    with ThreadPoolExecutor(threads) as pool:
+    with ThreadPoolExecutor(threads) as pool:  # libjpeg releases the GIL
         for i in range(0, len(samples), chunk):
             part = samples[i : i + chunk]
             raw = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for _, d, _ in part]
-            if device.type == "cuda":
+            if nvjpeg:
                 try:
                     images = list(decode_jpegs_cuda(raw, device))
-                except RuntimeError:  # one bad JPEG fails the batched call: find it image by image
-                    images = [_decode_or_none(r, device) for r in raw]
-            else:  # libjpeg releases the GIL
-                images = list(pool.map(lambda r: _decode_or_none(r, device), raw))
+                except RuntimeError as error:  # one bad JPEG fails the batched call; a missing nvJPEG every call
+                    images = list(pool.map(_decode_cpu, raw))
+                    good = next((r for r, image in zip(raw, images) if image is not None), None)
+                    if good is not None and not _nvjpeg_decodes(good, device):
+                        nvjpeg = False
+                        log.warning("nvJPEG cannot decode on %s (%s); decoding on the CPU instead", device, error)
+            else:
+                images = list(pool.map(_decode_cpu, raw))
             for (key, _, label), image in zip(part, images):
                 if image is None or image.shape != (3, split.size, split.size):
                     skipped.append(key)
@@ -184,13 +193,19 @@ def decode_split(
     return out[:n], torch.tensor(labels, dtype=torch.int64, device=device), skipped
 
 
-def _decode_or_none(raw: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+def _decode_cpu(raw: torch.Tensor) -> torch.Tensor | None:
     try:
-        if device.type == "cuda":
-            return decode_jpegs_cuda([raw], device)[0]
         return decode_jpeg(raw, mode=ImageReadMode.RGB)
     except RuntimeError:
         return None
+
+
+def _nvjpeg_decodes(raw: torch.Tensor, device: torch.device) -> bool:
+    try:
+        decode_jpegs_cuda([raw], device)
+        return True
+    except RuntimeError:
+        return False
 
 
 def decoded_bytes(split: Split, rank: int = 0, world_size: int = 1) -> int:

@@ -264,9 +264,10 @@ class ShardStream:
 
 
 def measure(src: ShardStream, batches: int) -> float:
-    """Images per second the stream delivers alone (no training step): its own ceiling."""
+    """Images per second the stream delivers alone (no training step), once every worker is busy."""
     it = src.epoch(0)
-    next(it)
+    for _ in range(2 * JOBS_PER_WORKER * max(1, src.workers)):  # worker start-up is not throughput
+        next(it)
     t, n = time.perf_counter(), 0
     for _, (images, _) in zip(range(batches), it):
         n += len(images)
