@@ -128,3 +128,14 @@ def test_cache_falls_back_to_the_cpu_where_nvjpeg_cannot_decode(split, monkeypat
     reference = loader.decode_split(split, torch.device("cpu"))
     assert torch.equal(images, reference[0]) and torch.equal(labels, reference[1]) and skipped == []
     assert sum("nvJPEG cannot decode" in r.message for r in caplog.records) == 1
+
+
+def test_index_of_many_shards_is_scanned_in_parallel_with_the_same_result(split):
+    from zf_pipeline.data.stream import SampleIndex
+
+    many = list(split.shards) * 7  # 35 shards: past the threshold where processes scan them
+    one = SampleIndex(split.root, list(split.shards))
+    pooled = SampleIndex(split.root, many)
+    assert len(pooled) == 7 * len(one) == 280
+    assert np.array_equal(pooled.where[:40, 1:], one.where[:, 1:]) and torch.equal(pooled.labels[:40], one.labels)
+    assert pooled.where[-1, 0] == 34

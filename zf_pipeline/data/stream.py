@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import logging
 import mmap
+import os
 import queue
 import time
 import traceback
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +39,16 @@ log = logging.getLogger(__name__)
 JOBS_PER_WORKER = 3
 
 
+def _jpegs(shard: Path) -> list[tuple[str, int, int]]:
+    """(key, offset, size) of each sample's JPEG in a shard, from its tar headers."""
+    return [(name.partition(".")[0], m.offset, m.size) for name, m in tar_members(shard).items() if name.endswith(".jpg")]
+
+
 class SampleIndex:
     """Where each sample of some shards lies: shard number, byte offset and size of its JPEG, its label, key.
 
-    Built from the tar headers (no image bytes read) and the manifest's labels, in the shards' stored order.
+    Built from the tar headers (no image bytes read; ImageNet's 257 shards are scanned by parallel
+    processes) and the manifest's labels, in the shards' stored order.
     """
 
     def __init__(self, root: Path, shards: list[Path]):
@@ -48,16 +56,17 @@ class SampleIndex:
 
         manifest = pq.read_table(root / "manifest.parquet", columns=["shard", "key", "label"]).to_pydict()
         labels = dict(zip(zip(manifest["shard"], manifest["key"]), manifest["label"]))
+        if len(shards) >= 32:
+            with ProcessPoolExecutor(min(len(shards), os.cpu_count() or 1), mp.get_context("forkserver")) as pool:
+                per_shard = list(pool.map(_jpegs, shards))
+        else:
+            per_shard = [_jpegs(shard) for shard in shards]
         where, self.labels, self.keys = [], [], []
-        for number, shard in enumerate(shards):
-            members = tar_members(shard)
-            for name, member in members.items():
-                key, _, ext = name.partition(".")
-                if ext != "jpg":
-                    continue
+        for number, (shard, samples) in enumerate(zip(shards, per_shard)):
+            for key, offset, size in samples:
                 if (shard.name, key) not in labels:
                     raise ShardFormatError(f"{shard}: sample {key} is not in {root / 'manifest.parquet'}")
-                where.append((number, member.offset, member.size))
+                where.append((number, offset, size))
                 self.labels.append(labels[(shard.name, key)])
                 self.keys.append(f"{shard.name}:{key}")
         self.shards = shards

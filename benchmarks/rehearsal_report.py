@@ -1,0 +1,63 @@
+"""The full-size rehearsal's per-stage table (benchmarks/rehearsal.sh): wall time, images, img/s, peak GPU and
+host memory, disk; and its part of docs/results/scale.json, written as ``results/rehearsal.json``.
+
+    python benchmarks/rehearsal_report.py /tmp/zf
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def _records(z: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in (z / "out" / "_records").glob("*.json")}
+
+
+def main(z: Path) -> None:
+    stages = [line.split() for line in (z / "logs" / "stages.txt").read_text().splitlines()]
+    samples = [[float(x) for x in line.split()] for line in (z / "logs" / "samples.txt").read_text().splitlines()
+               if len(line.split()) == 4]
+    records = _records(z)
+    gen = {}
+    gen_log = (z / "logs" / "generate.log")
+    for line in gen_log.read_text().splitlines() if gen_log.exists() else []:
+        if line.startswith("{"):
+            gen = json.loads(line)
+    train_images = records.get("imagenet_train_shards", {}).get("images_written")
+    val_images = records.get("imagenet_val_shards", {}).get("images_written")
+    images = {"generate": gen.get("images"), "shards": (train_images or 0) + (val_images or 0) or None,
+              "train": train_images, "features": val_images}
+    rows, out = [], {"train_images": train_images, "val_images": val_images, "unique_originals": gen.get("unique")}
+    for name, t0, t1 in stages:
+        t0, t1 = float(t0), float(t1)
+        window = [s for s in samples if t0 <= s[0] <= t1] or [[0, float("nan")] * 2]
+        wall = t1 - t0
+        n = images.get(name)
+        rows.append((name, wall, n, n / wall if n else None, max(s[1] for s in window) / 1024,
+                     max(s[2] for s in window) / 1024, window[-1][3] / 1024))
+        out[f"{name}_s"] = round(wall, 1)
+    runs = sorted((z / "out" / "train").glob("*/metrics.jsonl"))
+    if runs:
+        metrics = [json.loads(line) for line in runs[-1].read_text().splitlines()]
+        first = metrics[0]
+        out.update(epoch_s=round(first["epoch_s"], 1), epoch_img_per_s=round(first["img_per_s"]),
+                   projected_70_epochs_h=round(70 * first["wall_s"] / 3600, 2))
+    bench = z / "results" / "bench_train_imagenet.json"
+    if bench.exists():
+        table = json.loads(bench.read_text())
+        ceiling = next(r["img_per_s"] for r in table if r["source"].startswith("synthetic"))
+        out["ceiling_img_per_s"] = round(ceiling)
+        if "epoch_img_per_s" in out:
+            out["epoch_of_ceiling"] = round(out["epoch_img_per_s"] / ceiling, 3)
+    (z / "results" / "rehearsal.json").write_text(json.dumps(out, indent=1))
+    print("| stage | wall s | images | img/s | peak GPU GiB | peak host GiB | disk GiB (end) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, wall, n, rate, gpu, host, disk in rows:
+        print(f"| {name} | {wall:.0f} | {n or ''} | {f'{rate:,.0f}' if rate else ''} | {gpu:.1f} | {host:.1f} | {disk:.1f} |")
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
