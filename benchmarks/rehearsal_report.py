@@ -30,13 +30,14 @@ def main(z: Path) -> None:
     images = {"generate": gen.get("images"), "shards": (train_images or 0) + (val_images or 0) or None,
               "train": train_images, "features": val_images}
     rows, out = [], {"train_images": train_images, "val_images": val_images, "unique_originals": gen.get("unique")}
-    for name, t0, t1 in stages:
+    disk0 = samples[0][3] if samples else float("nan")
+    for name, t0, t1, *failed in stages:
         t0, t1 = float(t0), float(t1)
         window = [s for s in samples if t0 <= s[0] <= t1] or [[0, float("nan")] * 2]
         wall = t1 - t0
         n = images.get(name)
-        rows.append((name, wall, n, n / wall if n else None, max(s[1] for s in window) / 1024,
-                     max(s[2] for s in window) / 1024, window[-1][3] / 1024))
+        rows.append((name + (" (failed)" if failed else ""), wall, n, n / wall if n else None,
+                     max(s[1] for s in window) / 1024, max(s[2] for s in window) / 1024, (window[-1][3] - disk0) / 1024))
         out[f"{name}_s"] = round(wall, 1)
     runs = sorted((z / "out" / "train").glob("*/metrics.jsonl"))
     if runs:
@@ -52,7 +53,7 @@ def main(z: Path) -> None:
         if "epoch_img_per_s" in out:
             out["epoch_of_ceiling"] = round(out["epoch_img_per_s"] / ceiling, 3)
     (z / "results" / "rehearsal.json").write_text(json.dumps(out, indent=1))
-    print("| stage | wall s | images | img/s | peak GPU GiB | peak host GiB | disk GiB (end) |")
+    print("| stage | wall s | images | img/s | peak GPU GiB | peak host GiB | disk GiB added (end) |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, wall, n, rate, gpu, host, disk in rows:
         print(f"| {name} | {wall:.0f} | {n or ''} | {f'{rate:,.0f}' if rate else ''} | {gpu:.1f} | {host:.1f} | {disk:.1f} |")
