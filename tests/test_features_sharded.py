@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -49,10 +48,6 @@ def run_ranks(inputs: dict[str, Path], out: Path, world: int) -> None:
     merge_parts(out)
 
 
-def top_rows(root: Path) -> list[dict]:
-    return sorted(pq.read_table(root / "stream_top9.parquet").to_pylist(), key=lambda r: (r["layer"], r["channel"], r["rank"]))
-
-
 def test_two_ranks_merged_equal_one_process(inputs, tmp_path: Path) -> None:
     run_ranks(inputs, tmp_path / "one", 1)
     run_ranks(inputs, tmp_path / "two", 2)
@@ -63,7 +58,6 @@ def test_two_ranks_merged_equal_one_process(inputs, tmp_path: Path) -> None:
     for table in ("activations", "features"):
         a, b = read(one, table), read(two, table)
         assert len(a) > 0 and a == b, table
-    assert top_rows(one) == top_rows(two)
     s1, s2 = ExtractionSummary.load(one), ExtractionSummary.load(two)
     assert s1.images == s2.images == 24 and s1.activation_rows == s2.activation_rows
 
