@@ -66,7 +66,7 @@ def batch_outputs(
     """The rest of one batch on the device: the packed copy for the host (:meth:`Writers.pack`), and whether
     all map maxima are finite. ``widths``: the map width of every activations column."""
     value, pos, vectors = summarize(model, acts, act_layers, feature_layers)
-    # y and x are split off here, where the integer division is free (on the host it was the writers' largest cost).
+    # y and x are split off on the device, where the integer division is free (on the host it is the writers' largest cost).
     y = torch.div(pos, widths, rounding_mode="floor")
     x = (pos - y * widths).short()
     # One [3, N, maps] int16 block (value bits, y, x) for all layers: the host cuts it into layers as views.
