@@ -18,6 +18,7 @@ def dist_env() -> DistEnv:
     for name, default in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)):
         text = os.environ.get(name) or str(default)
         if not text.isdigit():
-            raise ValueError(f"environment variable {name}={text!r}: expected a non-negative integer (torchrun sets it)")
+            raise ValueError(f"environment variable {name}={text!r}: expected a non-negative integer "
+                             "(torchrun sets it)")
         values.append(int(text))
     return DistEnv(*values)

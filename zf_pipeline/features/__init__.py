@@ -36,7 +36,8 @@ from zf_pipeline.features.sharded import extract_part, merge_parts, parts_dir
 from zf_pipeline.features.writers import RING_SLOTS, PartitionWriter, WriterOptions, Writers
 
 __all__ = [
-    "ACTIVATION_ROW_GROUP_ROWS", "ACTIVATION_SCHEMA", "ACTIVATION_WRITE_OPTIONS", "CONV_FEATURE_GRID", "FEATURE_WRITE_OPTIONS",
+    "ACTIVATION_ROW_GROUP_ROWS", "ACTIVATION_SCHEMA", "ACTIVATION_WRITE_OPTIONS", "CONV_FEATURE_GRID",
+    "FEATURE_WRITE_OPTIONS",
     "RING_SLOTS", "SUMMARY_FILE", "ExtractionSummary", "LayerInfo", "PartitionWriter", "WriterOptions", "Writers",
     "activation_table", "extract", "extract_part", "feature_schema", "merge_parts", "parts_dir", "summarize",
 ]

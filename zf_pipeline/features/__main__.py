@@ -51,8 +51,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     split = open_split(args.shards)
     mean = load_mean(args.mean, split.size).to(device)
     extract_part(model, split, mean, args.out, rank=env.rank, world_size=env.world_size, crop=args.crop,
-                 input_scale=args.input_scale, batch_size=args.batch_size, device=device, split=args.split, layers=layers,
-                 autocast=torch.bfloat16 if args.bf16 and device.type == "cuda" else None, compile=args.compile)
+                 input_scale=args.input_scale, batch_size=args.batch_size, device=device, split=args.split,
+                 layers=layers, autocast=torch.bfloat16 if args.bf16 and device.type == "cuda" else None,
+                 compile=args.compile)
 
 
 if __name__ == "__main__":

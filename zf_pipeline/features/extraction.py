@@ -45,7 +45,9 @@ class _DeviceStep:
         self.model, self.device, self.autocast, self.split = model, device, autocast, split
         self.act_layers, self.layers = tuple(act_layers), tuple(layers)
         self.names = tuple(dict.fromkeys([*act_layers, *layers]))
-        self.forward, self.outputs = (compiler(forward), compiler(batch_outputs)) if compiler else (forward, batch_outputs)
+        self.forward, self.outputs = forward, batch_outputs
+        if compiler:
+            self.forward, self.outputs = compiler(forward), compiler(batch_outputs)
         self.checked: set[int] = set()  # batch sizes whose compiled graphs agreed with eager
         self.finite = torch.ones((), dtype=torch.bool, device=device)  # checked once at the end: no wait per batch
 
@@ -62,14 +64,16 @@ class _DeviceStep:
         slot = ring.acquire()  # the loop's only wait: for a slot the copier has not emptied yet
         amp = torch.autocast(self.device.type, self.autocast or torch.float32, enabled=self.autocast is not None)
         with torch.inference_mode(), amp:
-            on_host = labels.device.type == "cpu"
-            labels = slot.upload(labels.numpy().astype(np.int64)) if on_host else labels.to(self.device, non_blocking=True)
+            if labels.device.type == "cpu":
+                labels = slot.upload(labels.numpy().astype(np.int64))
+            else:
+                labels = labels.to(self.device, non_blocking=True)
             packed, finite = self._outputs(ring.writers, images, labels)
             self.finite &= finite
             slot.download(packed)
         ring.send(slot, image_ids)
 
-    def _outputs(self, writers: Writers, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _outputs(self, writers: Writers, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         args = (self.model, self.act_layers, self.layers, self.widths)
         packed, finite = self.outputs(*args, self.forward(self.model, self.names, images), labels)
         if self.forward is forward or len(images) in self.checked:
@@ -101,12 +105,14 @@ def _checked(batches: Iterable[Batch], split: str) -> Iterator[Batch]:
         yield images, labels, image_ids
 
 
-def _finish(root: Path, summary: ExtractionSummary, ring: HostRing | None, finite: torch.Tensor, started: float) -> None:
+def _finish(root: Path, summary: ExtractionSummary, ring: HostRing | None, finite: torch.Tensor,
+            started: float) -> None:
     """Check the pass's outcome and write its summary, the last file of the folder."""
     if ring is None:
         raise ValueError(f"no batches: nothing to extract for split {summary.split!r}")
     if not finite:
-        raise ValueError(f"split {summary.split!r}: non-finite map maxima (float16 overflows above 65504); nothing was written")
+        raise ValueError(f"split {summary.split!r}: non-finite map maxima (float16 overflows above 65504); "
+                         "nothing was written")
     for name in summary.activation_layers:
         files = (root / "activations" / f"layer={name}").glob("*.parquet")
         summary.activation_bytes[name] = sum(f.stat().st_size for f in files)
@@ -161,7 +167,8 @@ def extract(
                 summary.images += len(image_ids)
                 if time.monotonic() - last_log >= 10:
                     last_log = time.monotonic()
-                    log.info("extraction of %r: %d images, %.0f img/s", split, summary.images, summary.images / (last_log - started))
+                    rate = summary.images / (last_log - started)
+                    log.info("extraction of %r: %d images, %.0f img/s", split, summary.images, rate)
         finally:
             if ring is not None:
                 ring.close()  # drains the slots, then closes the writers

@@ -27,7 +27,8 @@ def _map_maxima(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def summarize(
-    model: ZFNet, acts: dict[str, torch.Tensor], activation_layers: Sequence[str], feature_layers: Sequence[str], grid: int = CONV_FEATURE_GRID
+    model: ZFNet, acts: dict[str, torch.Tensor], activation_layers: Sequence[str], feature_layers: Sequence[str],
+    grid: int = CONV_FEATURE_GRID,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """Per-map maxima and their positions, and feature vectors, from the activations ``acts`` of one batch
     (``model.forward_layers``'s result).
@@ -49,8 +50,9 @@ def summarize(
             a = model.pool5(a) if name == "conv5" else F.adaptive_max_pool2d(a, grid)
         vectors[name] = a.flatten(1).to(torch.float16)
     first = next(iter(acts.values()))
-    value = torch.cat(values, dim=1).to(torch.float16) if values else first.new_zeros((len(first), 0), dtype=torch.float16)
-    pos = torch.cat(positions, dim=1).int() if positions else first.new_zeros((len(first), 0), dtype=torch.int32)
+    empty = first.new_zeros((len(first), 0))  # a features-only pass has no maps
+    value = torch.cat(values, dim=1).to(torch.float16) if values else empty.half()
+    pos = torch.cat(positions, dim=1).int() if positions else empty.int()
     return value, pos, vectors
 
 
@@ -66,7 +68,7 @@ def batch_outputs(
     """The rest of one batch on the device: the packed copy for the host (:meth:`Writers.pack`), and whether
     all map maxima are finite. ``widths``: the map width of every activations column."""
     value, pos, vectors = summarize(model, acts, act_layers, feature_layers)
-    # y and x are split off on the device, where the integer division is free (on the host it is the writers' largest cost).
+    # y and x are split off on the device, where the integer division is free (on the host: the writers' largest cost).
     y = torch.div(pos, widths, rounding_mode="floor")
     x = (pos - y * widths).short()
     # One [3, N, maps] int16 block (value bits, y, x) for all layers: the host cuts it into layers as views.
@@ -74,7 +76,8 @@ def batch_outputs(
     return Writers.pack(labels, block, list(vectors.values())), torch.isfinite(value).all()
 
 
-def outputs_agree(writers: Writers, eager: torch.Tensor, compiled: torch.Tensor, n: int, tolerance: float = 2e-2) -> bool:
+def outputs_agree(writers: Writers, eager: torch.Tensor, compiled: torch.Tensor, n: int,
+                  tolerance: float = 2e-2) -> bool:
     """Whether one batch's packed outputs (:meth:`Writers.pack`, ``n`` images) agree up to rounding: the map
     maxima, and the vectors, within ``tolerance`` of their largest magnitude. Other kernels round differently
     (up to 5e-3 of it under bf16 autocast); a wrong graph was off by 0.4-1.1 of it (docs/results/extraction.md).
@@ -90,7 +93,9 @@ def outputs_agree(writers: Writers, eager: torch.Tensor, compiled: torch.Tensor,
     return True
 
 
-def layer_shapes(model: ZFNet, sample: torch.Tensor, act_layers: Sequence[str], feature_layers: Sequence[str]) -> dict[str, LayerInfo]:
+def layer_shapes(
+    model: ZFNet, sample: torch.Tensor, act_layers: Sequence[str], feature_layers: Sequence[str]
+) -> dict[str, LayerInfo]:
     """Map sizes and vector lengths, from one image (widths vary across the Table 1 variants)."""
     names = list(dict.fromkeys([*act_layers, *feature_layers]))
     with torch.inference_mode():

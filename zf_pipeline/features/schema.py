@@ -62,7 +62,8 @@ def feature_schema(length: int, dtype: pa.DataType = pa.float16()) -> pa.Schema:
 def _row_index(n: int, channels: int) -> tuple[pa.Array, pa.Array]:
     """The image index and channel columns of n x channels rows; cached, since every full row group has
     the same n: the writer threads then hold the GIL (numpy's repeat/tile keep it) far less."""
-    return pa.array(np.repeat(np.arange(n, dtype=np.int32), channels)), pa.array(np.tile(np.arange(channels, dtype=np.int16), n))
+    image_index = np.repeat(np.arange(n, dtype=np.int32), channels)
+    return pa.array(image_index), pa.array(np.tile(np.arange(channels, dtype=np.int16), n))
 
 
 Chunks = np.ndarray | Sequence[np.ndarray]  # one [n, ...] array, or several stacked along the images
@@ -101,7 +102,8 @@ def feature_rows(split: str, schema: pa.Schema) -> Callable[[list[str], np.ndarr
         n = len(ids)
         return pa.Table.from_arrays(
             [
-                pa.DictionaryArray.from_arrays(pa.array(np.arange(n, dtype=np.int32)), pa.array(ids, pa.string()), safe=False),
+                pa.DictionaryArray.from_arrays(pa.array(np.arange(n, dtype=np.int32)), pa.array(ids, pa.string()),
+                                               safe=False),
                 pa.array(labels.astype(np.int32)),
                 pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int8)), pa.array([split]), safe=False),
                 _chunked(vector, np.float16, lambda flat: pa.FixedSizeListArray.from_arrays(flat, length)),
@@ -139,7 +141,8 @@ class ExtractionSummary:
     def load(cls, root: str | Path) -> ExtractionSummary:
         path = Path(root) / SUMMARY_FILE
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no extraction summary; expected a folder written by zf_pipeline.features.extract")
+            raise FileNotFoundError(f"{path}: no extraction summary; expected a folder written by "
+                                    "zf_pipeline.features.extract")
         d = json.loads(path.read_text())
         try:
             d["layers"] = {name: LayerInfo(**info) for name, info in d["layers"].items()}

@@ -50,7 +50,8 @@ def extract_part(
     """
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in [0, {world_size})")
-    mine = replace(shards, shards=shards.shards[rank::world_size])  # num_images stays the whole split's: only the shard list is read
+    # num_images stays the whole split's: only the shard list is read.
+    mine = replace(shards, shards=shards.shards[rank::world_size])
     if not mine.shards:
         raise ValueError(f"{shards.root}: {len(shards.shards)} shards leave none for rank {rank} of {world_size}")
     log.info("rank %d/%d: %d of %d shards of %s", rank, world_size, len(mine.shards), len(shards.shards), shards.root)
@@ -66,11 +67,12 @@ def _complete_parts(parts_root: Path) -> tuple[list[Path], list[ExtractionSummar
         raise FileNotFoundError(f"{parts_root}: no rank-*-of-* folders; expected the parts of a sharded extraction")
     world = {int(p.name.split("-of-")[1]) for p in parts}
     if len(world) != 1 or len(parts) != world.pop():
-        raise ValueError(f"{parts_root}: found {[p.name for p in parts]}; expected one complete part per rank of one world size")
+        raise ValueError(f"{parts_root}: found {[p.name for p in parts]}; "
+                         "expected one complete part per rank of one world size")
     summaries = [ExtractionSummary.load(p) for p in parts]  # raises for a rank that did not finish
-    first = summaries[0]
-    for p, s in zip(parts, summaries):
-        if (s.split, s.layers, s.activation_layers, s.feature_layers) != (first.split, first.layers, first.activation_layers, first.feature_layers):
+    layouts = [(s.split, s.layers, s.activation_layers, s.feature_layers) for s in summaries]
+    for p, layout in zip(parts, layouts):
+        if layout != layouts[0]:
             raise ValueError(f"{p}: its layers/split differ from {parts[0]}'s; the parts are not of one pass")
     return parts, summaries
 

@@ -170,8 +170,9 @@ class Writers:
         counts = iter([max(1, min(MAX_THREADS_PER_PARTITION, math.ceil(cores * c / sum(costs)))) for c in costs])
         per_file = options.row_groups_per_file
         self.activations = [
-            _start(next(counts), functools.partial(PartitionWriter, root / "activations", name, info.channels, options.row_group_rows,
-                                                   activation_table, ACTIVATION_SCHEMA, ACTIVATION_WRITE_OPTIONS, groups_per_file=per_file))
+            _start(next(counts), functools.partial(
+                PartitionWriter, root / "activations", name, info.channels, options.row_group_rows, activation_table,
+                ACTIVATION_SCHEMA, ACTIVATION_WRITE_OPTIONS, groups_per_file=per_file))
             for name, info in zip(summary.activation_layers, acts)
         ]
         self.features: list[list[_WriterThread]] = []
@@ -179,8 +180,9 @@ class Writers:
             schema = feature_schema(info.vector_length)
             rows = max(1, FEATURE_ROW_GROUP_BYTES // (2 * info.vector_length))
             make = feature_rows(summary.split, schema)
-            self.features.append(_start(next(counts), functools.partial(PartitionWriter, root / "features", name, 1, rows, make, schema,
-                                                                         FEATURE_WRITE_OPTIONS, groups_per_file=per_file)))
+            self.features.append(_start(next(counts), functools.partial(
+                PartitionWriter, root / "features", name, 1, rows, make, schema, FEATURE_WRITE_OPTIONS,
+                groups_per_file=per_file)))
         self.partitions = self.activations + self.features
         self.threads = [t for threads in self.partitions for t in threads]
         # Per partition: the thread whose row group is filling, and the images it has of it.
