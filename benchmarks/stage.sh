@@ -4,8 +4,8 @@
 # Here (no GPU):
 #   bash benchmarks/stage.sh data NAME PATH... [-- 'COMMAND'] PATHs -> .carry/NAME/part-I-of-N, each < PART_MIB;
 #                                                              prints the calls that carry them, COMMAND after the last
-#   bash benchmarks/stage.sh wheels PACKAGE...                 PACKAGEs at this venv's versions, with their
-#                                                              dependencies, -> .whl/ (the machine lacks them)
+#   bash benchmarks/stage.sh wheels [--no-deps] PACKAGE...     PACKAGEs at this venv's versions, with their
+#                                                              dependencies unless --no-deps, -> .whl/
 # There (in a call's command):
 #   bash benchmarks/stage.sh receive NAME                      appends the carried parts to /tmp/zf/NAME.tar; after
 #                                                              the last one unpacks it into /tmp/zf/NAME
@@ -66,17 +66,21 @@ receive() {
 }
 
 wheels() {
+    local deps=()
+    [ "${1:-}" = "--no-deps" ] && { deps=(--no-deps); shift; }
     [ $# -ge 1 ] || usage
     local specs=()
     for package in "$@"; do
         specs+=("$package==$("$VENV_PYTHON" -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$package")")
     done
     mkdir -p .whl
-    python3 -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp -d .whl \
+    python3 -m pip download -q "${deps[@]}" --only-binary=:all: --python-version 3.12 --implementation cp -d .whl \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
         --platform manylinux2014_x86_64 "${specs[@]}"
     rm -f .whl/numpy-*.whl .whl/torch-*.whl  # the machine has its own: two versions would break the install
-    echo "staged ${specs[*]} and their dependencies in .whl ($(du -sh .whl | cut -f1)); carry .whl and begin the command with:"
+    local with="with their dependencies"
+    [ ${#deps[@]} -eq 0 ] || with="without dependencies"
+    echo "staged ${specs[*]} $with in .whl ($(du -sh .whl | cut -f1)); carry .whl and begin the command with:"
     echo "  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:\$PWD &&"
 }
 

@@ -118,7 +118,7 @@ def test_top9_of_an_extraction_equals_a_whole_sort_with_ties(tmp_path: Path, bat
     model = small_model()
     base = random_images(10, seed=3)
     images = torch.cat([base, base, base[:4]])  # duplicated pixels: every map ties across copies
-    # ids against stream order, 7 to 13 bytes, some a prefix of others
+    # ids against stream order, 7 to 13 bytes long
     ids = [f"copy{i // 10}-{'x' * (i % 7)}{i % 10}" for i in range(len(images))][::-1]
     out = tmp_path / "x"
     extract(model, batches_of(images, ids, batch), out, split="val")
