@@ -11,7 +11,7 @@ the CPU time it costs (rows/s and MB/s per busy core). ``--host-only`` runs only
 
 Every extraction row says where the loop's thread spent the pass (shares of its wall time): on the CPU
 (its thread CPU time: Python, kernel launches, spinning in CUDA calls), waiting for a free host slot
-(the device or the writers behind by ``RING_SLOTS`` batches), in the tail (after its last
+(the device or the writers behind by ``features.RING_SLOTS`` batches), in the tail (after its last
 batch: the writers finishing their row groups), and the rest, blocked elsewhere: the GIL, or a CUDA
 call that sleeps. "until tail" is the img/s up to the last batch handed over.
 
@@ -35,7 +35,7 @@ from unittest import mock
 
 import torch
 
-from zf_pipeline.features import RING_SLOTS, ExtractionSummary, LayerInfo, Writers, extract
+from zf_pipeline.features import ExtractionSummary, LayerInfo, Writers, extract
 from zf_pipeline.features.outputs import layer_shapes
 from zf_pipeline.features.writers import HostRing
 from zf_pipeline.models.zfnet import CONV_LAYERS, FEATURE_LAYERS, build, variant
