@@ -18,7 +18,8 @@ from zf_pipeline import evaluate, features, mining, query
 from zf_pipeline.data import loader
 from zf_pipeline.models import FEATURE_LAYERS, CONV_LAYERS, checkpoint
 
-FEATURES_CODE = code_version(features, loader, evaluate)
+# A package's own source is its __init__ only: the modules of the pass are hashed one by one.
+FEATURES_CODE = code_version(features, features.schema, features.outputs, features.writers, features.extraction, loader, evaluate)
 MINING_CODE = code_version(mining, query)
 
 
@@ -113,7 +114,7 @@ def top9(context: dg.AssetExecutionContext, config: MiningConfig, settings: ZFSe
 
     def build(out: Path) -> dict:
         rows = mining.mine_top9(Path(extraction) / "activations", out / "top9.parquet", k=config.k, threads=config.threads or None)
-        return {"file": str(out / "top9.parquet"), "rows": rows, "extraction": extraction}
+        return {"file": str(out / "top9.parquet"), "rows": rows, "extraction": extraction, "k": config.k}
 
     record = cached_stage(settings.out, "top9", [MINING_CODE, config.model_dump(), conv1["fingerprint"]], build, context.log.info)
     context.add_output_metadata({**record_md(record), "rows": record["rows"],
@@ -125,7 +126,7 @@ def top9(context: dg.AssetExecutionContext, config: MiningConfig, settings: ZFSe
 def top9_complete(settings: ZFSettings) -> dg.AssetCheckResult:
     """Every map has exactly min(9, images) rows, ranked 1..n."""
     record = settings.record("top9")
-    ok, message = mining.check_top_counts(record["file"], record["extraction"])
+    ok, message = mining.check_top_counts(record["file"], record["extraction"], record["k"])
     return dg.AssetCheckResult(passed=ok, description=message)
 
 

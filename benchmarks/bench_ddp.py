@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 
 import torch
@@ -20,6 +19,7 @@ import torch.distributed as dist
 from torch import nn
 
 from zf_pipeline.data.loader import crop_draws, crop_flip, endless, load_mean, make_source, open_split
+from zf_pipeline.distributed import dist_env
 from zf_pipeline.models import build, variant
 from zf_pipeline.train import kaiming_init, make_step
 
@@ -33,7 +33,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--warmup", type=int, default=30)
     args = p.parse_args()
-    rank, world, local = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
+    rank, world, local = dist_env()
     dev = torch.device(f"cuda:{local}")
     torch.cuda.set_device(dev)
     dist.init_process_group("nccl")

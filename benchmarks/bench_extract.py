@@ -1,11 +1,11 @@
 """Benchmark: layer-wise extraction images/s against the compiled forward pass alone, same run, same inputs.
 
 Synthetic preprocessed batches are made once on the device and cycled, so both sides measure the
-device work and what extraction adds to it (maxima, pooling, streaming top-k, device-to-host
-copies, Parquet writer threads), not image decoding. Goal on one H100: extraction >= 0.7 x forward.
+device work and what extraction adds to it (maxima, pooling, device-to-host copies, Parquet writer
+threads), not image decoding. Goal on one H100: extraction >= 0.7 x forward.
 
-``--breakdown`` adds the activations-only pass with parts switched off, and the Parquet writers alone:
-synthetic host copies of the device outputs (the layout ``features._Writers.dispatch`` takes) fed
+``--breakdown`` adds the activations-only pass without Parquet encoding, and the Parquet writers alone:
+synthetic host copies of the device outputs (the layout ``Writers.dispatch`` takes) fed
 straight to the writer threads, no GPU work, i.e. the img/s ceiling the host puts on each pass, with
 the CPU time it costs (rows/s and MB/s per busy core). ``--host-only`` runs only those rows (no GPU needed).
 
@@ -16,7 +16,7 @@ batch: the writers finishing their row groups), and the rest, blocked elsewhere:
 call that sleeps. "until tail" is the img/s up to the last batch handed over.
 
     python benchmarks/bench_extract.py --device cuda                    # Krizhevsky's net, bf16, compiled
-    python benchmarks/bench_extract.py --device cuda --breakdown        # + the pass without writers / top-k, writers alone
+    python benchmarks/bench_extract.py --device cuda --breakdown        # + the pass without Parquet encoding, writers alone
     python benchmarks/bench_extract.py --host-only --images 5120        # the writers alone, on this machine's cores
     python benchmarks/bench_extract.py --device cpu --size 64 --width 0.125 --images 256 --batch 32 --no-compile
 """
@@ -24,7 +24,6 @@ call that sleeps. "until tail" is the img/s up to the last batch handed over.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import shutil
@@ -36,8 +35,9 @@ from unittest import mock
 
 import torch
 
-from zf_pipeline import features
-from zf_pipeline.features import extract
+from zf_pipeline.features import ExtractionSummary, LayerInfo, Writers, extract
+from zf_pipeline.features.outputs import layer_shapes
+from zf_pipeline.features.writers import HostRing
 from zf_pipeline.models.zfnet import CONV_LAYERS, FEATURE_LAYERS, build, variant
 from zf_pipeline.train import kaiming_init
 
@@ -72,11 +72,19 @@ class EagerFallbacks(logging.Handler):
         self.count += "runs eager" in record.getMessage()
 
 
-def extraction(model, inputs, steps: int, device, amp, compile: bool, out: Path, **layers) -> tuple[float, str]:
+class NoEncoding(Writers):
+    """Writers that drop every batch: the pass still copies each batch out of its slot, but encodes nothing."""
+
+    def dispatch(self, image_ids, host) -> None:
+        pass
+
+
+def extraction(model, inputs, steps: int, device, amp, compile: bool, out: Path, writers: type[Writers] = Writers,
+               **layers) -> tuple[float, str]:
     """Images/s of zf_pipeline.features.extract over the same inputs (a short warm-up pass first), and
     where the loop's thread spent the timed pass. A fast wrong answer is no result: extract checks each
-    compiled batch shape against the eager pass and runs eager on a disagreement (a wrong graph was seen,
-    docs/results/extraction.md, run I); such a pass is not timed as compiled, the benchmark stops."""
+    compiled batch shape against the eager pass and runs eager on a disagreement (a wrong graph was seen
+    on an H100, docs/results/extraction.md); such a pass is not timed as compiled, the benchmark stops."""
     labels = torch.zeros(len(inputs[0]), dtype=torch.long)
 
     def batches(n: int, offset: int):
@@ -84,16 +92,16 @@ def extraction(model, inputs, steps: int, device, amp, compile: bool, out: Path,
             start = (offset + i) * len(labels)
             yield inputs[i % len(inputs)], labels, [f"img{start + j:08d}" for j in range(len(labels))]
 
-    kwargs = dict(split="bench", device=device, autocast=amp, compile=compile, **layers)
-    fallbacks = EagerFallbacks()
-    features.log.addHandler(fallbacks)
+    kwargs = dict(split="bench", device=device, autocast=amp, compile=compile, writers=writers, **layers)
+    fallbacks, extract_log = EagerFallbacks(), logging.getLogger("zf_pipeline.features")
+    extract_log.addHandler(fallbacks)
     try:
         extract(model, batches(2, 0), out / "warmup", **kwargs)
         synchronize(device)
         waits = {"acquire": 0.0, "close": 0.0}
 
         def timed(name: str):
-            method = getattr(features._HostRing, name)
+            method = getattr(HostRing, name)
 
             def run(*args):
                 start = time.perf_counter()
@@ -102,14 +110,14 @@ def extraction(model, inputs, steps: int, device, amp, compile: bool, out: Path,
                 finally:
                     waits[name] += time.perf_counter() - start
 
-            return mock.patch.object(features._HostRing, name, run)
+            return mock.patch.object(HostRing, name, run)
 
         with timed("acquire"), timed("close"):
             t, cpu = time.perf_counter(), time.thread_time()
             summary = extract(model, batches(steps, 2), out / "timed", **kwargs)
             seconds, cpu = time.perf_counter() - t, time.thread_time() - cpu
     finally:
-        features.log.removeHandler(fallbacks)
+        extract_log.removeHandler(fallbacks)
     if fallbacks.count:
         sys.exit("the compiled extraction disagreed with the eager one (a compiler bug) and ran eager: no timings for it")
     shutil.rmtree(out / "warmup")
@@ -120,16 +128,16 @@ def extraction(model, inputs, steps: int, device, amp, compile: bool, out: Path,
         f"{rest / seconds:.0%} rest; until tail {summary.images / (seconds - waits['close']):,.0f} img/s")
 
 
-def writers_alone(model, sample: torch.Tensor, steps: int, out: Path, layers=features.FEATURE_LAYERS, activation_layers=None) -> str:
+def writers_alone(model, sample: torch.Tensor, steps: int, out: Path, layers=FEATURE_LAYERS, activation_layers=None) -> str:
     """The Parquet writers of one pass fed synthetic host outputs as fast as they take them: one table row
     (img/s, then the CPU cost per busy core). Values are scaled exponentials, 0-30 % silent maps and
     ReLU'd normal vectors (half zeros), roughly what the mining benchmark generates."""
     acts = list(layers if activation_layers is None else activation_layers)
-    info = features._layer_shapes(model, sample, acts, layers)
+    info = layer_shapes(model, sample, acts, layers)
     n = len(sample)
     g = torch.Generator().manual_seed(0)
 
-    def block(layer: features.LayerInfo) -> torch.Tensor:
+    def block(layer: LayerInfo) -> torch.Tensor:
         scale = torch.exp(torch.randn(layer.channels, generator=g)) * (torch.rand(layer.channels, generator=g) > torch.rand(1, generator=g) * 0.3)
         value = (scale * torch.empty(n, layer.channels).exponential_(generator=g)).half().view(torch.int16)
         return torch.stack([value, torch.randint(layer.height, value.shape, generator=g).short(), torch.randint(layer.width, value.shape, generator=g).short()])
@@ -139,9 +147,9 @@ def writers_alone(model, sample: torch.Tensor, steps: int, out: Path, layers=fea
          *(torch.randn(n, info[f].vector_length, generator=g).relu().half().numpy() for f in layers)]
         for _ in range(4)
     ]
-    summary = features.ExtractionSummary(split="bench", images=0, k=9, layers=info, activation_layers=acts, feature_layers=list(layers))
+    summary = ExtractionSummary(split="bench", images=0, layers=info, activation_layers=acts, feature_layers=list(layers))
     start, cpu = time.perf_counter(), os.times()
-    writers = features._Writers(out / "writers", summary, features.ACTIVATION_ROW_GROUP_ROWS)
+    writers = Writers(out / "writers", summary)
     for step in range(steps):
         writers.dispatch([f"img{step * n + j:08d}" for j in range(n)], outputs[step % len(outputs)])
     writers.close()
@@ -165,7 +173,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=51_200, help="images per timed pass")
     ap.add_argument("--amp", choices=["bf16", "fp16", "none"], default="bf16")
     ap.add_argument("--no-compile", action="store_true")
-    ap.add_argument("--breakdown", action="store_true", help="also time the activations-only pass without writers / top-k, and the writers alone")
+    ap.add_argument("--breakdown", action="store_true", help="also time the activations-only pass without Parquet encoding, and the writers alone")
     ap.add_argument("--switch-interval", type=float, nargs="*", default=[],
                     help="with --breakdown: the activations-only pass again under each sys.setswitchinterval (s; default 0.005)")
     ap.add_argument("--host-only", action="store_true", help="time only the writers alone (on the CPU cores; no GPU work)")
@@ -193,7 +201,7 @@ def main() -> None:
 
     out = Path(tempfile.mkdtemp(prefix="zf-bench-extract-"))
     configs = {
-        "extract: activations + top-9 of conv1-5, no features": dict(layers=(), activation_layers=CONV_LAYERS),
+        "extract: activations of conv1-5, no features": dict(layers=(), activation_layers=CONV_LAYERS),
         "extract: activations conv1-5, features conv5/fc6/fc7": dict(layers=("conv5", "fc6", "fc7"), activation_layers=CONV_LAYERS),
         "extract: defaults (all 7 layers, both tables)": dict(layers=FEATURE_LAYERS),
     }
@@ -211,17 +219,10 @@ def main() -> None:
         for label, layers in configs.items():
             rate, loop = extraction(model, inputs, steps, device, amp, compile, out, **layers)
             print(f"| {label} | {rate:,.0f} | {rate / base:.2f} | {loop} |", flush=True)
-        if args.breakdown:  # where the time goes: the same activations-only pass with parts switched off
-            acts = configs["extract: activations + top-9 of conv1-5, no features"]
-            # The batches are still copied out of the slots (after the event): only the Parquet encoding is gone.
-            no_writers = mock.patch.object(features._Writers, "dispatch", lambda *_: None)
-            no_topk = mock.patch.object(features.StreamingTopK, "add", lambda *_: None)  # the candidates stay in the graph
-            for label, patches in {"no Parquet writers": [no_writers], "no writers, no top-k": [no_writers, no_topk]}.items():
-                with contextlib.ExitStack() as stack:
-                    for patch in patches:
-                        stack.enter_context(patch)
-                    rate, loop = extraction(model, inputs, steps, device, amp, compile, out, **acts)
-                print(f"| activations-only pass, {label} | {rate:,.0f} | {rate / base:.2f} | {loop} |", flush=True)
+        if args.breakdown:  # where the time goes: the same activations-only pass without the Parquet encoding
+            acts = configs["extract: activations of conv1-5, no features"]
+            rate, loop = extraction(model, inputs, steps, device, amp, compile, out, writers=NoEncoding, **acts)
+            print(f"| activations-only pass, no Parquet writers | {rate:,.0f} | {rate / base:.2f} | {loop} |", flush=True)
             default = sys.getswitchinterval()  # how long a thread may keep the GIL from the others
             for interval in args.switch_interval:
                 sys.setswitchinterval(interval)

@@ -3,8 +3,7 @@
     python benchmarks/compare_extractions.py FOLDER_A FOLDER_B
 
 Compares every partition of ``activations`` and ``features`` (rows sorted by image_id, channel; part
-files and row order may differ) and ``stream_top9.parquet``; prints one line per table and exits 1
-on a difference.
+files and row order may differ); prints one line per table and exits 1 on a difference.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
 
 def canonical(t: pa.Table, keys: list[str]) -> pa.Table:
@@ -34,10 +32,6 @@ def main() -> int:
             equal = ta.equals(tb)
             same &= equal
             print(f"{table}/{part.name}: {ta.num_rows} vs {tb.num_rows} rows, equal: {equal}")
-    keys = ["layer", "channel", "rank"]
-    ta, tb = (canonical(pq.read_table(d / "stream_top9.parquet"), keys) for d in (a, b))
-    same &= ta.equals(tb)
-    print(f"stream_top9: {ta.num_rows} vs {tb.num_rows} rows, equal: {ta.equals(tb)}")
     for d in (a, b):
         s = json.loads((d / "_SUCCESS.json").read_text())
         print(f"{d}: {s['images']} images, pass {s['seconds']:.1f} s (slowest rank)")

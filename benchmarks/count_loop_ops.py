@@ -1,7 +1,7 @@
 """Eager torch ops a batch on the extraction loop's thread, besides the forward pass (CPU, tiny net).
 
 Each such op is, on a GPU, a kernel launch and a GIL hand-off on the thread that bounds the pass
-(docs/results/extraction.md, run F); the count needs no GPU, so a change can be weighed here first.
+(docs/results/extraction.md); the count needs no GPU, so a change can be weighed here first.
 
     python benchmarks/count_loop_ops.py [--batches 40] [--batch 16]
 """

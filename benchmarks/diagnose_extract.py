@@ -1,7 +1,7 @@
 """Where do extraction's non-finite map maxima come from? Per-layer max |activation| and NaN counts.
 
     python benchmarks/diagnose_extract.py [--checkpoint last.pt --shards DIR --mean FILE --input-scale S --crop C]
-    python benchmarks/diagnose_extract.py --compare --no-random --checkpoint ... (run I, docs/results/extraction.md)
+    python benchmarks/diagnose_extract.py --compare --no-random --checkpoint ...   (docs/results/extraction.md)
 
 ``--compare`` instead sets compiled passes against the eager one, per batch: the forward and ``summarize``
 in one compiled graph, the forward compiled alone, and both compiled apart (what ``extract`` does).

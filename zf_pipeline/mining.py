@@ -1,8 +1,8 @@
 """Top-k activation mining (Section 2.1, Fig. 2 and 4): for every feature map, the k images of a
 split that excite it most, as a DuckDB query over the ``activations`` Parquet tables.
 
-Order: ``value`` descending, ties broken by ``image_id`` ascending (VARCHAR byte order), the same
-order as the streaming top-k of :mod:`zf_pipeline.features`. ``rank`` is 1..k in that order.
+Order: ``value`` descending, ties broken by ``image_id`` ascending (VARCHAR byte order). ``rank`` is
+1..k in that order.
 
 Per layer: a lower bound on each map's k-th value from a sample of row groups, then one scan
 that keeps only rows at or above their map's bound and ranks those few exactly. Measured faster
@@ -126,10 +126,10 @@ def mine_top9(
     return table.num_rows
 
 
-def check_top_counts(top_path: str | Path, extraction_dir: str | Path) -> tuple[bool, str]:
+def check_top_counts(top_path: str | Path, extraction_dir: str | Path, k: int = 9) -> tuple[bool, str]:
     """Asset check: every map of the extraction has exactly min(k, images) rows, ranked 1..n, in ``top_path``."""
     summary = ExtractionSummary.load(extraction_dir)
-    expected = min(summary.k, summary.images)
+    expected = min(k, summary.images)
     con = duckdb.connect()
     try:
         counts = dict(

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zf_pipeline.data.loader import crop_draws, crop_flip, epoch_seed, load_mean, make_source, open_split
+from zf_pipeline.distributed import dist_env
 from zf_pipeline.evaluate import predict, topk_correct
 from zf_pipeline.io import atomic_path, write_bytes_atomic
 from zf_pipeline.models.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
@@ -143,11 +144,6 @@ def make_step(model: nn.Module, opt: torch.optim.Optimizer, amp: bool) -> Callab
     return step
 
 
-def _dist_env() -> tuple[int, int, int]:
-    rank, world, local = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
-    return rank, world, local
-
-
 def _all_sum(values: list[float], device: torch.device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     if dist.is_initialized():
@@ -203,7 +199,7 @@ def plot_learning_curve(metrics: list[dict], path: str | os.PathLike, title: str
 
 def train(cfg: TrainConfig) -> RunResult:
     """Train (or resume) one network as configured; returns when ``cfg.epochs`` (or ``stop_after``) are done."""
-    rank, world, local = _dist_env()
+    rank, world, local = dist_env()
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo")
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
