@@ -68,12 +68,13 @@ def features_asset(name: str, shards_asset: str, split: str, description: str) -
             for layer in FEATURE_LAYERS}
 
     @dg.multi_asset(
-        name=f"features_{name}", outs=outs, group_name="features", pool="gpu", code_version=FEATURES_CODE,
+        name=f"features_{name}", outs=outs, group_name="features", code_version=FEATURES_CODE,
         ins={"model": dg.AssetIn("zfnet_model"), "shards": dg.AssetIn(shards_asset), "mean": dg.AssetIn("pixel_mean_image")},
         description=description,
     )
     def _extract(context: dg.AssetExecutionContext, config: ExtractionConfig, settings: ZFSettings, model: dict, shards: dict, mean: dict):
-        record = run_extraction(context, settings, config, name, split, model, shards, mean)
+        with settings.gpu_lock(context.log.info):
+            record = run_extraction(context, settings, config, name, split, model, shards, mean)
         for layer in FEATURE_LAYERS:
             layer_dir = Path(record["extraction"]) / "features" / f"layer={layer}"
             yield dg.Output(

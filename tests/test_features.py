@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from pathlib import Path
 
 import duckdb
@@ -227,13 +226,20 @@ def test_loop_runs_ahead_of_the_writers_until_the_slots_are_used(tmp_path: Path,
     model = small_model()
     images, ids = random_images(20), [f"i{i:02d}" for i in range(20)]
     extract(model, batches_of(images, ids, 2), tmp_path / "plain", split="val")
-    gate, pulled, threads = threading.Event(), [], set()
-    dispatch = features._Writers.dispatch
+    gate, stalled_once, blocked, pulled, threads = threading.Event(), threading.Event(), threading.Event(), [], set()
+    dispatch, acquire = features._Writers.dispatch, features._HostRing.acquire
 
     def stalled(self, *args):
         threads.add(threading.current_thread())
+        stalled_once.set()
         gate.wait()
         dispatch(self, *args)
+
+    def acquire_or_block(self):
+        # The copier frees a slot before its dispatch, so once it stalls no slot comes back: the loop waits for good.
+        if stalled_once.is_set() and self.free.empty():
+            blocked.set()
+        return acquire(self)
 
     def counted():
         for batch in batches_of(images, ids, 2):
@@ -241,15 +247,13 @@ def test_loop_runs_ahead_of_the_writers_until_the_slots_are_used(tmp_path: Path,
             yield batch
 
     monkeypatch.setattr(features._Writers, "dispatch", stalled)
+    monkeypatch.setattr(features._HostRing, "acquire", acquire_or_block)
     run = threading.Thread(target=extract, args=(model, counted(), tmp_path / "ring"), kwargs={"split": "val"})
     run.start()
     # Batch 1 is copied out of its slot before its dispatch stalls, so RING_SLOTS more batches fit; the
     # next one is pulled and waits for a slot.
     expected = features.RING_SLOTS + 2
-    deadline = time.monotonic() + 60
-    while len(pulled) < expected and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.3)
+    assert blocked.wait(60), "the loop never waited for a slot"
     assert len(pulled) == expected
     gate.set()
     run.join(60)
