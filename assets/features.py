@@ -117,8 +117,10 @@ def top9(context: dg.AssetExecutionContext, config: MiningConfig, settings: ZFSe
         return {"file": str(out / "top9.parquet"), "rows": rows, "extraction": extraction}
 
     record = cached_stage(settings.out, "top9", [MINING_CODE, config.model_dump(), conv1["fingerprint"]], build, context.log.info)
-    context.add_output_metadata({**record_md(record), "rows": record["rows"],
-                                 "duckdb": dg.MetadataValue.md(f"```\ncd {extraction} && duckdb -init views.sql\n```")})
+    # The README's entry point: the output root's views, over this run's extraction and top-9.
+    query.write_views(settings.out, extraction, record["file"])
+    context.add_output_metadata({**record_md(record), "rows": record["rows"], "duckdb": dg.MetadataValue.md(
+        f"```\ncd {settings.out} && duckdb -init views.sql\n```\nor in Python: `zf_pipeline.query.connect({str(settings.out)!r})`")})
     return record
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -19,11 +20,14 @@ import dagster as dg
 import pytest
 
 import assets
-from assets.cache import ROOT, cached_stage
+from assets.cache import ROOT, cached_stage, write_record
 from assets.data import pixel_mean_image, source_images
+from assets.features import top9, top9_complete
 from assets.resources import JsonIOManager, ZFSettings, check_device
 from assets.training import zfnet_model
-from zf_pipeline.models import checkpoint
+from tests.test_features import batches_of, random_images, small_model
+from zf_pipeline.features import extract
+from zf_pipeline.models import FEATURE_LAYERS, checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 DAGSTER = Path(sys.executable).with_name("dagster")
@@ -213,3 +217,45 @@ def test_zf_device_is_checked_up_front(monkeypatch) -> None:
     with pytest.raises(ValueError, match=f"ZF_DEVICE='cuda:{count}', but this machine has {count} usable CUDA"):
         check_device(f"cuda:{count}")
     assert check_device("cpu") == "cpu" and check_device("") == ""
+
+
+def _section(markdown: str, title: str) -> str:
+    start = markdown.index(f"## {title}\n")
+    return markdown[start : markdown.find("\n## ", start + 1)]
+
+
+def _top9_run(root: Path) -> None:
+    """The top9 asset (and its check) over a small extraction recorded as features/imagenet_val/conv1."""
+    settings = ZFSettings(output_root=str(root), device="cpu")
+    extraction = settings.out / "features_imagenet_val" / "0123456789abcdef" / "extraction"
+    ids = [f"n0{i % 3}/img_{i:02d}" for i in range(12)]
+    extract(small_model(), batches_of(random_images(12), ids, 4), extraction, split="val", layers=("conv1", "conv5", "fc6"))
+    keys = [dg.AssetKey(["features", "imagenet_val", layer]) for layer in FEATURE_LAYERS]
+    write_record(settings.out / "_records" / "features" / "imagenet_val" / "conv1.json",
+                 {"extraction": str(extraction), "fingerprint": "0123456789abcdef", "path": str(extraction.parent)}, settings.out)
+    resources = {"settings": settings, "io_manager": JsonIOManager(base_dir=str(settings.out / "_records"))}
+    result = dg.materialize([top9, top9_complete, *[dg.AssetSpec(k) for k in keys]], resources=resources, selection=[top9.key])
+    assert result.success
+
+
+def test_the_readme_duckdb_snippets_run_as_written_under_an_odd_path(tmp_path: Path, monkeypatch) -> None:
+    """The README's Python and CLI queries, run from a folder whose name holds '[', ',', "'" and a space
+    (each breaks a DuckDB glob, file_search_path or string literal), then again after moving the outputs."""
+    section = _section((REPO / "README.md").read_text(), "Query the features with DuckDB")
+    python, = re.findall(r"```python\n(.*?)```", section, re.S)
+    shell, = re.findall(r"```bash\n(.*?)```", section, re.S)
+    odd = tmp_path / "runs [1], it's here"
+    _top9_run(odd / "outputs")
+    env = _env(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    for where in (odd, tmp_path / "moved, [again]"):
+        if not where.exists():
+            shutil.move(odd, where)
+        monkeypatch.chdir(where)
+        scope: dict = {}
+        exec(python, scope)
+        rows = scope["con"].sql("SELECT rank, image_id FROM top9 WHERE layer = 'conv5' AND channel = 7 ORDER BY rank").fetchall()
+        assert [r[0] for r in rows] == list(range(1, 10))
+        assert scope["con"].sql("SELECT count(DISTINCT layer) FROM activations").fetchall() == [(3,)]
+        cli = subprocess.run(["bash", "-c", shell], cwd=where, env=env, capture_output=True, text=True, timeout=120)
+        assert cli.returncode == 0, cli.stderr
+        assert re.search(r"conv5\s*│\s*\d+\s*│\s*\d+", cli.stdout), cli.stdout
