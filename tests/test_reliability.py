@@ -24,7 +24,7 @@ from assets.cache import ROOT, cached_stage, write_record
 from assets.data import pixel_mean_image, source_images
 from assets.features import top9, top9_complete
 from assets.resources import JsonIOManager, ZFSettings, check_device
-from assets.training import zfnet_model
+from assets.training import zfnet_model, zfnet_model_learned
 from tests.test_features import batches_of, random_images, small_model
 from zf_pipeline.features import extract
 from zf_pipeline.models import FEATURE_LAYERS, checkpoint
@@ -259,3 +259,16 @@ def test_the_readme_duckdb_snippets_run_as_written_under_an_odd_path(tmp_path: P
         cli = subprocess.run(["bash", "-c", shell], cwd=where, env=env, capture_output=True, text=True, timeout=120)
         assert cli.returncode == 0, cli.stderr
         assert re.search(r"conv5\s*│\s*\d+\s*│\s*\d+", cli.stdout), cli.stdout
+
+
+@pytest.mark.parametrize("err,passed", [(95.0, False), (float("nan"), False), (40.0, True)])
+def test_the_blocking_training_check_states_error_and_chance(tmp_path: Path, err: float, passed: bool) -> None:
+    settings = ZFSettings(output_root=str(tmp_path), device="cpu")
+    model = small_model()  # 5 classes: chance is 80% error
+    path = checkpoint.save_checkpoint(tmp_path / "train" / "fp" / "last.pt", model, model.config, epoch=1)
+    write_record(settings.out / "_records" / "zfnet_model.json",
+                 {"checkpoint": str(path), "final": {"val_center_top1_err": err}}, settings.out)
+    result = zfnet_model_learned(settings=settings)
+    assert result.passed is passed
+    verdict = "below" if passed else "not below"
+    assert result.description == f"val top-1 error {err:.2f}% is {verdict} chance (80.00%, 5 classes)"
