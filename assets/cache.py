@@ -5,6 +5,10 @@ the stage's code version (the source of the library modules it runs), its config
 fingerprints of its upstream assets. A folder holding ``_asset.json`` is complete: a second
 materialization with nothing changed reads that file and returns at once. The library writes
 its own outputs atomically and resumably, so a killed stage restarts where it stopped.
+
+A folder is built under an exclusive lock (an flock the OS drops when its holder dies): a second
+run over the same output root waits for it, then reuses it. Paths inside the output root are
+stored relative to it (``${ZF_OUTPUT_ROOT}/...``), so a moved or copied root resolves to itself.
 """
 
 from __future__ import annotations
@@ -12,15 +16,17 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from zf_pipeline.io import write_bytes_atomic
+from zf_pipeline.io import folder_lock, remove_temporaries, write_bytes_atomic
 
 DONE = "_asset.json"
+ROOT = "${ZF_OUTPUT_ROOT}"
 
 
 def code_version(*modules: ModuleType) -> str:
@@ -38,6 +44,41 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def root_relative(obj: Any, root: str | os.PathLike) -> Any:
+    """``obj`` (JSON-like) with every path inside the output ``root`` written as ``${ZF_OUTPUT_ROOT}/<relative>``."""
+    if isinstance(obj, os.PathLike):
+        obj = os.fspath(obj)
+    if isinstance(obj, str):
+        prefix = str(Path(root).resolve())
+        return ROOT + obj[len(prefix):] if obj == prefix or obj.startswith(prefix + os.sep) else obj
+    if isinstance(obj, dict):
+        return {k: root_relative(v, root) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [root_relative(v, root) for v in obj]
+    return obj
+
+
+def resolve_root(obj: Any, root: str | os.PathLike) -> Any:
+    """The inverse of :func:`root_relative`: ``${ZF_OUTPUT_ROOT}`` becomes the current output ``root``."""
+    if isinstance(obj, str):
+        return str(Path(root).resolve()) + obj[len(ROOT):] if obj.startswith(ROOT) else obj
+    if isinstance(obj, dict):
+        return {k: resolve_root(v, root) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [resolve_root(v, root) for v in obj]
+    return obj
+
+
+def write_record(path: Path, record: Any, root: str | os.PathLike) -> None:
+    """Write a JSON record atomically, its paths relative to the output ``root``."""
+    write_bytes_atomic(path, json.dumps(root_relative(record, root), indent=2, default=str).encode())
+
+
+def read_record(path: Path, root: str | os.PathLike) -> Any:
+    """A record written by :func:`write_record`, its paths resolved against the current output ``root``."""
+    return resolve_root(json.loads(path.read_text()), root)
+
+
 def cached_stage(
     root: Path,
     stage: str,
@@ -51,16 +92,18 @@ def cached_stage(
     ``fingerprint``, ``cached`` (whether this call was a cache hit) and ``seconds``.
     """
     fp = fingerprint(stage, *key)
-    out = Path(root) / stage / fp
+    out = Path(root).resolve() / stage / fp
     done = out / DONE
-    if done.exists():
-        record = json.loads(done.read_text())
-        log(f"{stage}: cache hit {out}")
-        return {**record, "cached": True}
-    out.mkdir(parents=True, exist_ok=True)
-    log(f"{stage}: building {out}")
-    t0 = time.perf_counter()
-    summary = build(out)
-    record = {**summary, "path": str(out), "fingerprint": fp, "seconds": round(time.perf_counter() - t0, 3)}
-    write_bytes_atomic(done, json.dumps(record, indent=2, default=str).encode())
-    return {**record, "cached": False}
+    if not done.exists():
+        with folder_lock(out, waiting=lambda pid: log(f"{stage}: waiting for {out}, being built by pid {pid}")):
+            if not done.exists():  # else another run built it while this one waited
+                for stale in remove_temporaries(out):
+                    log(f"{stage}: removed {stale.name}, left by a killed build")
+                log(f"{stage}: building {out}")
+                t0 = time.perf_counter()
+                summary = build(out)
+                record = {**summary, "path": str(out), "fingerprint": fp, "seconds": round(time.perf_counter() - t0, 3)}
+                write_record(done, record, root)
+                return {**record, "cached": False}
+    log(f"{stage}: cache hit {out}")
+    return {**read_record(done, root), "cached": True}

@@ -15,7 +15,7 @@ from pathlib import Path
 import dagster as dg
 from PIL import Image
 
-from assets.cache import cached_stage, code_version, fingerprint
+from assets.cache import cached_stage, code_version, fingerprint, root_relative
 from assets.metadata import image_md, record_md
 from assets.resources import ZFSettings
 from zf_pipeline import render
@@ -85,9 +85,10 @@ def source_images(context: dg.AssetExecutionContext, config: DemoConfig, setting
     return record
 
 
-def _listing_fingerprint(images: ImageSet) -> str:
-    """The upstream data version of a dataset on disk: its listing (ids and sources) and classes."""
-    return fingerprint(images.classes, [(r.image_id, r.source, r.label, r.labels) for r in images.records])
+def _listing_fingerprint(images: ImageSet, root: Path) -> str:
+    """The upstream data version of a dataset on disk: its listing (ids and sources) and classes; sources
+    inside the output ``root`` (the demo) count relative to it, so a moved root keeps its fingerprints."""
+    return fingerprint(images.classes, [(r.image_id, root_relative(r.source, root), r.label, r.labels) for r in images.records])
 
 
 def shard_asset(name: str, kind: str, split: str, description: str) -> dg.AssetsDefinition:
@@ -116,7 +117,7 @@ def shard_asset(name: str, kind: str, split: str, description: str) -> dg.Assets
         record = cached_stage(
             settings.out,
             name,
-            [SHARD_CODE, options, _listing_fingerprint(images)],
+            [SHARD_CODE, options, _listing_fingerprint(images, settings.out)],
             lambda out: shards.write_shards(images, out, workers=config.workers or None, **options),
             context.log.info,
         )

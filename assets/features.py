@@ -69,12 +69,13 @@ def features_asset(name: str, shards_asset: str, split: str, description: str) -
             for layer in FEATURE_LAYERS}
 
     @dg.multi_asset(
-        name=f"features_{name}", outs=outs, group_name="features", pool="gpu", code_version=FEATURES_CODE,
+        name=f"features_{name}", outs=outs, group_name="features", code_version=FEATURES_CODE,
         ins={"model": dg.AssetIn("zfnet_model"), "shards": dg.AssetIn(shards_asset), "mean": dg.AssetIn("pixel_mean_image")},
         description=description,
     )
     def _extract(context: dg.AssetExecutionContext, config: ExtractionConfig, settings: ZFSettings, model: dict, shards: dict, mean: dict):
-        record = run_extraction(context, settings, config, name, split, model, shards, mean)
+        with settings.gpu_lock(context.log.info):
+            record = run_extraction(context, settings, config, name, split, model, shards, mean)
         for layer in FEATURE_LAYERS:
             layer_dir = Path(record["extraction"]) / "features" / f"layer={layer}"
             yield dg.Output(
@@ -117,8 +118,10 @@ def top9(context: dg.AssetExecutionContext, config: MiningConfig, settings: ZFSe
         return {"file": str(out / "top9.parquet"), "rows": rows, "extraction": extraction, "k": config.k}
 
     record = cached_stage(settings.out, "top9", [MINING_CODE, config.model_dump(), conv1["fingerprint"]], build, context.log.info)
-    context.add_output_metadata({**record_md(record), "rows": record["rows"],
-                                 "duckdb": dg.MetadataValue.md(f"```\ncd {extraction} && duckdb -init views.sql\n```")})
+    # The README's entry point: the output root's views, over this run's extraction and top-9.
+    query.write_views(settings.out, extraction, record["file"])
+    context.add_output_metadata({**record_md(record), "rows": record["rows"], "duckdb": dg.MetadataValue.md(
+        f"```\ncd {settings.out} && duckdb -init views.sql\n```\nor in Python: `zf_pipeline.query.connect({str(settings.out)!r})`")})
     return record
 
 

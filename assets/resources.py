@@ -4,23 +4,72 @@
 | --- | --- | --- |
 | ZF_OUTPUT_ROOT | every asset's output folder | ``./outputs`` |
 | ZF_IMAGENET_ROOT | ImageNet (``train/``, ``val/`` folders or the official tars + devkit) | the generated demo |
-| ZF_CALTECH101_ROOT | Caltech-101 (holding ``101_ObjectCategories``) | the demo's target set |
+| ZF_CALTECH101_ROOT | Caltech-101 (holding ``101_ObjectCategories``) | the demo's target set while ImageNet is the demo too; else not evaluated |
 | ZF_CALTECH256_ROOT | Caltech-256 (holding ``256_ObjectCategories``) | not evaluated |
 | ZF_VOC2012_ROOT | PASCAL VOC 2012 (holding ``VOCdevkit/VOC2012`` or ``JPEGImages``) | not evaluated |
-| ZF_DEVICE | torch device for training / extraction | ``cuda`` if available, else ``cpu`` |
+| ZF_DEVICE | torch device for training / extraction (checked when the code location loads) | ``cuda`` if available, else ``cpu`` |
+
+GPU assets run one at a time per device and output root: each holds :meth:`ZFSettings.gpu_lock`, an
+flock the OS releases when its process dies (even by ``kill -9``), so a killed run never blocks the next.
 """
 
 from __future__ import annotations
 
-import json
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
+from assets.cache import read_record, write_record
 from zf_pipeline.data.readers import ROOT_ENV
-from zf_pipeline.io import write_bytes_atomic
+from zf_pipeline.io import folder_lock
+
+
+def check_device(device: str) -> str:
+    """``device`` (ZF_DEVICE) if torch can use it here; else an error naming ZF_DEVICE and what this machine has."""
+    if not device:
+        return device
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"ZF_DEVICE={device!r} is not a torch device: expected cpu, cuda or cuda:<index> ({e})") from e
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (parsed.index or 0) >= count:
+            raise ValueError(f"ZF_DEVICE={device!r}, but this machine has {count} usable CUDA device(s): "
+                             "unset ZF_DEVICE or set it to cpu" + (f" or cuda:0..cuda:{count - 1}" if count else ""))
+    elif parsed.type != "cpu":
+        raise ValueError(f"ZF_DEVICE={device!r}: the pipeline runs on cpu or cuda[:<index>]")
+    return device
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def fail_dead_runs(instance: dg.DagsterInstance, log: Callable[[str], None]) -> list[str]:
+    """Mark as failed the runs still STARTED whose process (on this host) is gone: a ``kill -9`` or a closed
+    terminal stops a run before it can record its end. Returns their run ids."""
+    failed = []
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
+        starts = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.RUN_START, limit=1).records
+        pid = starts[0].event_log_entry.dagster_event.pid if starts else None
+        if pid and pid != os.getpid() and not _alive(pid):
+            instance.report_run_failed(run, f"Marked failed by a later run: its process (pid {pid}) is gone.")
+            log(f"run {run.run_id} was still STARTED but its process (pid {pid}) is gone: marked failed")
+            failed.append(run.run_id)
+    return failed
 
 
 class ZFSettings(dg.ConfigurableResource):
@@ -45,6 +94,11 @@ class ZFSettings(dg.ConfigurableResource):
     def dataset_root(self, name: str) -> str:
         return getattr(self, f"{name}_root")
 
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # At every run's start: runs whose process died unrecorded are marked failed, not left STARTED.
+        if context.instance is not None:
+            fail_dead_runs(context.instance, context.log.info if context.log else print)
+
     def torch_device(self) -> str:
         if self.device:
             return self.device
@@ -57,18 +111,30 @@ class ZFSettings(dg.ConfigurableResource):
         pass pays for its compilation; the demo's short passes on the CPU would not."""
         return self.torch_device().startswith("cuda") if requested is None else requested
 
+    @contextmanager
+    def gpu_lock(self, log: Callable[[str], None]) -> Iterator[None]:
+        """Hold this device's lock (under ``<output_root>/_locks/``) for the block: one GPU asset at a time.
+
+        Take it before any cached stage's folder lock, so two runs always take locks in one order.
+        """
+        device = self.torch_device()
+        name = "cuda:0" if device == "cuda" else device
+        folder = self.out / "_locks" / name.replace(":", "-")
+        with folder_lock(folder, waiting=lambda pid: log(f"waiting for the GPU lock ({name}) held by pid {pid}: {folder}/.lock")):
+            yield
+
     def record(self, asset: str) -> dict:
         """What an asset's last materialization returned (stored by :class:`JsonIOManager`)."""
         path = self.out / "_records" / f"{asset}.json"
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist: materialize {asset} first")
-        return json.loads(path.read_text())
+        return read_record(path, self.out)
 
     @classmethod
     def from_env(cls) -> "ZFSettings":
         return cls(
             output_root=os.environ.get("ZF_OUTPUT_ROOT", "outputs"),
-            device=os.environ.get("ZF_DEVICE", ""),
+            device=check_device(os.environ.get("ZF_DEVICE", "")),
             **{f"{name}_root": os.environ.get(var, "") for name, var in ROOT_ENV.items()},
         )
 
@@ -76,7 +142,8 @@ class ZFSettings(dg.ConfigurableResource):
 class JsonIOManager(dg.ConfigurableIOManager):
     """Stores each asset's small summary record (paths, fingerprint, counts) as JSON: no pickles.
 
-    The heavy data lives in the content-addressed folders the records point to.
+    The heavy data lives in the content-addressed folders the records point to. ``base_dir`` is
+    ``<output_root>/_records``; paths inside the output root are stored relative to it.
     """
 
     base_dir: str = "outputs/_records"
@@ -84,10 +151,14 @@ class JsonIOManager(dg.ConfigurableIOManager):
     def _path(self, key: dg.AssetKey) -> Path:
         return Path(self.base_dir).joinpath(*key.path).with_suffix(".json")
 
+    @property
+    def _root(self) -> Path:
+        return Path(self.base_dir).resolve().parent
+
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         if obj is None:
             return
-        write_bytes_atomic(self._path(context.asset_key), json.dumps(obj, indent=2, default=str).encode())
+        write_record(self._path(context.asset_key), obj, self._root)
 
     def load_input(self, context: dg.InputContext) -> Any:
         path = self._path(context.upstream_output.asset_key)
@@ -96,4 +167,4 @@ class JsonIOManager(dg.ConfigurableIOManager):
                 f"{path} does not exist: materialize {context.upstream_output.asset_key.to_user_string()} first "
                 "(e.g. `dagster asset materialize -m assets --select '*<asset>'`)"
             )
-        return json.loads(path.read_text())
+        return read_record(path, self._root)

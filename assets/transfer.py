@@ -203,18 +203,19 @@ def non_pretrained_runs(
 
 def caltech_table(context, settings: ZFSettings, cfg: CaltechConfig, name: str, dataset: str, features: dict,
                   source_images: dict, model: dict, builder) -> dict:
-    record = pretrained_runs(context, settings, cfg, f"{name}_{dataset}", features, [("softmax", "fc7")], cfg.n_train)
-    runs = pq.read_table(record["runs"])
-    if cfg.non_pretrained_splits:
-        scratch = non_pretrained_runs(context, settings, cfg, dataset, source_images["roots"][dataset], record["splits"], model)
-        runs = pa.concat_tables([runs, pa.Table.from_pylist(scratch, schema=protocol.RUN_SCHEMA)])
+    with settings.gpu_lock(context.log.info):  # the probes and the from-scratch networks train on the device
+        record = pretrained_runs(context, settings, cfg, f"{name}_{dataset}", features, [("softmax", "fc7")], cfg.n_train)
+        runs = pq.read_table(record["runs"])
+        if cfg.non_pretrained_splits:
+            scratch = non_pretrained_runs(context, settings, cfg, dataset, source_images["roots"][dataset], record["splits"], model)
+            runs = pa.concat_tables([runs, pa.Table.from_pylist(scratch, schema=protocol.RUN_SCHEMA)])
     table, md = builder(runs)
     return _publish(context, settings, name, table, md, {"stages": {dataset: record}, "runs_table": runs.num_rows})
 
 
 @dg.asset(group_name="transfer", kinds={"scikitlearn", "pytorch", "parquet"}, code_version=TRANSFER_CODE,
           ins={"features": layer_deps("caltech101")[0]["conv1"], "model": dg.AssetIn("zfnet_model")},
-          deps=layer_deps("caltech101")[1], pool="gpu")
+          deps=layer_deps("caltech101")[1])
 def table4(context: dg.AssetExecutionContext, config: CaltechConfig, settings: ZFSettings, source_images: dict,
            features: dict, model: dict) -> dict:
     """Table 4: Caltech-101, 15 or 30 training images per class, up to 50 test, 5 random splits; a softmax on the
@@ -229,7 +230,7 @@ def caltech256_assets() -> list:
         n_train: list[int] = list(splits.TABLE5_N_TRAIN)
 
     @dg.asset(group_name="transfer", kinds={"scikitlearn", "pytorch", "parquet"}, code_version=TRANSFER_CODE,
-              ins=ins, deps=layer_deps("caltech256")[1], pool="gpu")
+              ins=ins, deps=layer_deps("caltech256")[1])
     def table5(context: dg.AssetExecutionContext, config: Table5Config, settings: ZFSettings, source_images: dict,
                features: dict, model: dict) -> dict:
         """Table 5: Caltech-256 with 15, 30, 45, 60 training images per class, pretrained vs non-pretrained."""

@@ -98,6 +98,6 @@ def test_training_through_dagster_pipes_subprocess(tmp_path):
         "zfnet_model": {"config": {"launcher": "pipes", "epochs": 1, "width": 0.125, "batch_size": 16}},
     })
     assert dg.materialize(selection, resources=resources, run_config=config).success
-    record = json.loads((settings.out / "_records" / "zfnet_model.json").read_text())
+    record = settings.record("zfnet_model")
     assert Path(record["checkpoint"]).is_file() and record["final"]["epochs"] == 1
     assert record["final"]["val_center_n"] == 10 * TINY_DEMO["val_per_class"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from pathlib import Path
 
 import duckdb
@@ -18,6 +17,7 @@ import torch
 from torch._dynamo.utils import counters as dynamo_counters
 
 from zf_pipeline import features
+from zf_pipeline.features.writers import HostRing
 from zf_pipeline.features import RING_SLOTS, SUMMARY_FILE, ExtractionSummary, WriterOptions, Writers, extract
 from zf_pipeline.mining import mine_top9
 from zf_pipeline.models.zfnet import build, variant
@@ -208,34 +208,40 @@ def test_ablation_variant_without_layers_3_4(tmp_path: Path) -> None:
     assert summary.layers["conv5"].channels == model.conv5.out_channels
 
 
-def test_loop_runs_ahead_of_the_writers_until_the_slots_are_used(tmp_path: Path) -> None:
+def test_loop_runs_ahead_of_the_writers_until_the_slots_are_used(tmp_path: Path, monkeypatch) -> None:
     """The loop never waits for a batch's outputs: with the writers stalled it goes on until every host
     slot holds a batch; the writers are fed off the loop's thread; nothing is lost once they resume."""
     model = small_model()
     images, ids = random_images(20), [f"i{i:02d}" for i in range(20)]
     extract(model, batches_of(images, ids, 2), tmp_path / "plain", split="val")
-    gate, pulled, threads = threading.Event(), [], set()
+    gate, stalled_once, blocked, pulled, threads = threading.Event(), threading.Event(), threading.Event(), [], set()
+    acquire = HostRing.acquire
 
     class Stalled(Writers):
         def dispatch(self, *args) -> None:
             threads.add(threading.current_thread())
+            stalled_once.set()
             gate.wait()
             super().dispatch(*args)
+
+    def acquire_or_block(self):
+        # The copier frees a slot before its dispatch, so once it stalls no slot comes back: the loop waits for good.
+        if stalled_once.is_set() and self.free.empty():
+            blocked.set()
+        return acquire(self)
 
     def counted():
         for batch in batches_of(images, ids, 2):
             pulled.append(batch)
             yield batch
 
+    monkeypatch.setattr(HostRing, "acquire", acquire_or_block)
     run = threading.Thread(target=extract, args=(model, counted(), tmp_path / "ring"), kwargs={"split": "val", "writers": Stalled})
     run.start()
     # Batch 1 is copied out of its slot before its dispatch stalls, so RING_SLOTS more batches fit; the
     # next one is pulled and waits for a slot.
     expected = RING_SLOTS + 2
-    deadline = time.monotonic() + 60
-    while len(pulled) < expected and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.3)
+    assert blocked.wait(60), "the loop never waited for a slot"
     assert len(pulled) == expected
     gate.set()
     run.join(60)

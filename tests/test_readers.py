@@ -23,17 +23,20 @@ from layouts import (
     write_caltech256,
     write_file,
     write_imagenet_kaggle,
+    write_imagenet_devkit,
     write_imagenet_train,
     write_imagenet_val,
     write_loc_synset_mapping,
     write_voc2012,
 )
 
+from zf_pipeline.data.imagenet import synset_names
 from zf_pipeline.data.readers import KINDS, open_imageset
 from zf_pipeline.data.records import DatasetLayoutError, ImageRecord, _scan_plain, iter_bytes, read_bytes, tar_members
 from zf_pipeline.data.voc import VOC_CLASSES
 
 SYNSETS = sorted(IMAGENET_SYNSETS)  # the class order every ImageNet layout must give
+BUILTIN = synset_names(Path("/nonexistent"))  # the built-in table of the 1,000 ILSVRC-2012 classes
 # Val image k (1-based) is of VAL_SYNSETS[k-1]: not grouped, not sorted.
 VAL_SYNSETS = ["n02102040", "n01440764", "n01443537", "n01440764", "n02102040", "n02102040"]
 
@@ -132,9 +135,31 @@ def test_imagenet_val_index_follows_train_not_val(tmp_path: Path) -> None:
     assert sorted(r.label for r in val.records) == [1, 2]
 
 
-def test_imagenet_val_without_train_uses_its_own_synsets(tmp_path: Path) -> None:
-    write_imagenet_val(tmp_path, ["n02102040", "n01443537"], layout="folders")
-    assert open_imageset("imagenet", tmp_path, "val").classes == ["n01443537", "n02102040"]
+@pytest.mark.parametrize("labels", ["devkit", "mapping", "builtin"])
+def test_imagenet_val_only_subset_keeps_the_ilsvrc_indices(tmp_path: Path, labels: str) -> None:
+    """No train split and a val covering 2 of the classes: indices come from the full synset list (the devkit's
+    leaves, Kaggle's mapping or the built-in 1,000), not from the synsets val happens to hold."""
+    present = ["n02102040", "n01443537", "n02102040"]
+    write_imagenet_val(tmp_path, present, layout="flat" if labels == "devkit" else "folders")
+    if labels == "devkit":
+        write_imagenet_devkit(tmp_path, IMAGENET_SYNSETS, present)  # all 3 fixture classes as leaves, 2 non-leaves
+    if labels == "mapping":
+        write_loc_synset_mapping(tmp_path)  # all 3 fixture classes
+    full = sorted(BUILTIN) if labels == "builtin" else SYNSETS
+    val = open_imageset("imagenet", tmp_path, "val")
+    assert val.classes == full and len(full) == (1000 if labels == "builtin" else 3)
+    assert sorted({r.label for r in val.records}) == [full.index("n01443537"), full.index("n02102040")]
+    if labels != "devkit":
+        write_file(tmp_path / "val" / "n99999999" / val_name(7), jpeg_bytes("x"))
+        with pytest.raises(DatasetLayoutError, match=f"n99999999 is not among the {len(full)} "):
+            open_imageset("imagenet", tmp_path, "val")
+
+
+def test_imagenet_flat_train_says_class_folders_are_missing(tmp_path: Path) -> None:
+    write_file(tmp_path / "train" / "n01440764_1.JPEG", jpeg_bytes("a"))
+    with pytest.raises(DatasetLayoutError, match="holds images but no class folders") as e:
+        open_imageset("imagenet", tmp_path, "train")
+    assert str(tmp_path / "train") in str(e.value)
 
 
 def test_imagenet_val_synset_missing_from_train_is_an_error(tmp_path: Path) -> None:

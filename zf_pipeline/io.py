@@ -6,7 +6,7 @@ import fcntl
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,9 +15,26 @@ if TYPE_CHECKING:
     import pyarrow
 
 
+TMP_MARK = ".tmp-"
+
+
 def _tmp_sibling(path: Path) -> Path:
     # Same directory, so the final rename stays on one filesystem and is atomic.
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries of :func:`atomic_path` under ``folder`` (left there by killed writers); return them.
+
+    Only safe while no live process writes under ``folder``: call it holding :func:`folder_lock`.
+    """
+    stale = sorted(Path(folder).rglob(f".*{TMP_MARK}*"))
+    for path in stale:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.exists():
+            path.unlink()
+    return stale
 
 
 @contextmanager
@@ -48,17 +65,27 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
 
 
 @contextmanager
-def folder_lock(folder: str | os.PathLike) -> Iterator[None]:
+def folder_lock(folder: str | os.PathLike, waiting: Callable[[str], None] | None = None) -> Iterator[None]:
     """Hold an exclusive lock on ``folder`` (its ``.lock`` file) for the block; waits for another holder.
 
     An flock: the OS releases it when the holding process dies, even by ``kill -9``, so a crash never
-    leaves a folder locked.
+    leaves a folder locked. The holder's pid is written in the file; when the lock is taken,
+    ``waiting(pid)`` is called once before the wait, which a signal (Ctrl-C, SIGTERM) interrupts.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / ".lock", "a+b") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
         try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting is not None:
+                f.seek(0)
+                waiting(f.read().decode(errors="replace").strip() or "?")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            f.truncate(0)
+            f.write(str(os.getpid()).encode())
+            f.flush()
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)

@@ -83,13 +83,15 @@ def sample_row_groups(files: list[Path], images: int = SAMPLE_IMAGES) -> pa.Tabl
 
 def top_k(con: duckdb.DuckDBPyConnection, layer: str, folder: Path, k: int = 9, sample_images: int = SAMPLE_IMAGES) -> pa.Table:
     """The top-k rows of every map of one layer partition: layer, channel, rank (1..k), image_id, label, value, y, x."""
-    con.register("sample", sample_row_groups(sorted(folder.glob("*.parquet")), sample_images))
+    files = sorted(folder.glob("*.parquet"))
+    con.register("sample", sample_row_groups(files, sample_images))
     try:
         kth = dict(con.execute(KTH_VALUE_SQL, {"k": k}).fetchall())
     finally:
         con.unregister("sample")
     by_channel = [kth.get(c, -math.inf) for c in range(max(kth) + 1)]  # list index = channel + 1
-    params = {"layer": layer, "files": str(folder / "*.parquet"), "k": k, "kth": by_channel, "lowest": min(by_channel)}
+    # The files listed, not a glob: DuckDB would read a '[' in the folder's path as a pattern.
+    params = {"layer": layer, "files": [str(f) for f in files], "k": k, "kth": by_channel, "lowest": min(by_channel)}
     return con.sql(TOP_K_SQL, params=params).to_arrow_table()
 
 
@@ -137,7 +139,7 @@ def check_top_counts(top_path: str | Path, extraction_dir: str | Path, k: int = 
             for layer, channel, n, ok in con.execute(
                 "SELECT layer, channel, count(*), list_sort(list(rank)) = generate_series(1, count(*))::TINYINT[] "
                 "FROM read_parquet(?) GROUP BY ALL",
-                [str(top_path)],
+                [[str(top_path)]],
             ).fetchall()
         )
     finally:

@@ -1,7 +1,9 @@
 """ImageNet (ILSVRC-2012) in the layouts it is downloaded or unpacked in.
 
 Class index = position of the synset in sorted order (torchvision's convention), taken from the
-train split whenever it is on disk, so a synset has the same index in train and val. Image ids are
+train split whenever it is on disk, so a synset has the same index in train and val. A copy without
+train takes the full list of the devkit, LOC_synset_mapping.txt or the built-in 1,000-synset table, so
+a val subset keeps the ILSVRC indices a 1,000-way model predicts. Image ids are
 ``<wnid>/<file stem>`` in every layout, so an image keeps its id whether read from a folder or a tar.
 """
 
@@ -66,6 +68,9 @@ def _locate(root: Path, split: str) -> _Located | None:
             names = [e.name for e in entries]
         if split == "train" and any(n.endswith(".tar") for n in names):
             return _Located("class-tars", folder)
+        if split == "train" and any(is_image_name(n) for n in names):
+            raise layout_error("ImageNet train", folder, "it holds images but no class folders: a train image's "
+                               "class is its folder's synset, train/<wnid>/<image>.JPEG", TREE)
         if split == "val" and any(VAL_NAME.match(n) for n in names):
             return _Located("flat", folder)
     packed = root / (TRAIN_TAR if split == "train" else VAL_TAR)
@@ -145,19 +150,21 @@ def _devkit_file(root: Path, member: str) -> bytes | None:
     return None
 
 
-def _read_meta(data: bytes, where: str) -> dict[int, tuple[str, str]]:
-    """meta.mat: ILSVRC2012_ID -> (WNID, words) for every synset in its ``synsets`` struct array."""
+def _read_meta(data: bytes, where: str, leaves: bool = False) -> dict[int, tuple[str, str]]:
+    """meta.mat: ILSVRC2012_ID -> (WNID, words) for every synset in its ``synsets`` struct array (with
+    ``leaves``, only the classes: synsets without children)."""
     import numpy as np
     import scipy.io
 
     try:
         synsets = np.atleast_1d(scipy.io.loadmat(io.BytesIO(data), squeeze_me=True)["synsets"])
-        return {int(s["ILSVRC2012_ID"]): (str(s["WNID"]), str(s["words"])) for s in synsets}
+        return {int(s["ILSVRC2012_ID"]): (str(s["WNID"]), str(s["words"]))
+                for s in synsets if not leaves or int(s["num_children"]) == 0}
     except (KeyError, ValueError, TypeError) as e:
         raise layout_error(
             "ImageNet devkit",
             where,
-            f"meta.mat has no 'synsets' struct array with ILSVRC2012_ID, WNID, words ({e})",
+            f"meta.mat has no 'synsets' struct array with ILSVRC2012_ID, WNID, words, num_children ({e})",
             TREE,
         ) from e
 
@@ -205,6 +212,15 @@ def synset_names(root: str | os.PathLike) -> dict[str, str]:
     return dict(line.split("\t", 1) for line in BUILTIN_SYNSETS.read_text().splitlines())
 
 
+def _all_synsets(root: Path) -> tuple[list[str], str]:
+    """Every class of ILSVRC-2012, sorted, and where the list came from: the devkit's meta.mat (its leaf
+    synsets), else LOC_synset_mapping.txt, else the built-in table."""
+    meta = _devkit_file(root, META)
+    if meta is not None:
+        return sorted(wnid for wnid, _ in _read_meta(meta, str(root / META), leaves=True).values()), "meta.mat"
+    return sorted(synset_names(root)), LOC_SYNSET_MAPPING if (root / LOC_SYNSET_MAPPING).is_file() else "built-in ILSVRC-2012"
+
+
 def read_imagenet(root: str | os.PathLike, split: str = "train") -> ImageSet:
     """ImageNet's ``split`` ('train' or 'val') under ``root``, in any of the layouts of ``TREE``."""
     root = Path(root).absolute()
@@ -217,11 +233,11 @@ def read_imagenet(root: str | os.PathLike, split: str = "train") -> ImageSet:
         raise layout_error("ImageNet", root, f"found no {split} split in any known layout", TREE)
     images = _images(where, root)
     train = where if split == "train" else _locate(root, "train")
-    classes = _train_synsets(train) if train else sorted({wnid for wnid, _, _ in images})
+    classes, listed_in = (_train_synsets(train), "train") if train else _all_synsets(root)
     index = {wnid: i for i, wnid in enumerate(classes)}
     for wnid, _, source in images:
         if wnid not in index:
-            raise layout_error("ImageNet", source, f"synset {wnid} is not among the {len(classes)} train synsets", TREE)
+            raise layout_error("ImageNet", source, f"synset {wnid} is not among the {len(classes)} {listed_in} synsets", TREE)
     records = [ImageRecord(f"{wnid}/{stem(os.path.basename(n))}", src, index[wnid], wnid) for wnid, n, src in images]
     if not records:
         raise layout_error("ImageNet", where.path, f"the {split} split has no images", TREE)
