@@ -222,16 +222,68 @@ def test_split_order_train_shuffled_by_seed_val_sorted(tmp_path):
     assert [r.image_id for r in split_order(images, seed=5)] == ids
 
 
-def test_byte_identical_across_runs_and_worker_counts(tmp_path, written):
-    _, out, _ = written
-    images = make_imageset(tmp_path / "src")  # same content, other paths: rewrite the reference here
-    one = write_shards(images, tmp_path / "one", size=SIZE, images_per_shard=4, seed=3, workers=1, progress=False)
-    two = write_shards(images, tmp_path / "two", size=SIZE, images_per_shard=4, seed=3, workers=2, progress=False)
+@pytest.mark.parametrize("images_per_shard", [4, 100])  # 6 shards (4 whole, 2 cut in parts); 1 shard in parts
+def test_byte_identical_across_runs_and_worker_counts(tmp_path, images_per_shard):
+    images = make_imageset(tmp_path / "src")
+    options = dict(size=SIZE, images_per_shard=images_per_shard, seed=3, progress=False)
+    one = write_shards(images, tmp_path / "one", workers=1, **options)
+    two = write_shards(images, tmp_path / "two", workers=2, **options)
     assert one == two
     assert folder_bytes(tmp_path / "one") == folder_bytes(tmp_path / "two")
     # Another seed shuffles differently, so the bytes must differ (the comparison can fail).
-    write_shards(images, tmp_path / "seed4", size=SIZE, images_per_shard=4, seed=4, workers=1, progress=False)
+    write_shards(images, tmp_path / "seed4", workers=1, **{**options, "seed": 4})
     assert folder_bytes(tmp_path / "seed4")["train-000000.tar"] != folder_bytes(tmp_path / "one")["train-000000.tar"]
+
+
+def tarfile_bytes(members: list[tuple[str, bytes]]) -> bytes:
+    """The oracle: the same members written by ``tarfile`` itself (as the writer did before it wrote parts)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            info.uid, info.gid, info.uname, info.gname = 0, 0, "", ""
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("sizes", [[], [0], [1], [511, 512, 513], [8704], [8703], [20000, 3]])
+def test_tar_members_and_end_are_what_tarfile_writes(sizes):
+    # 8704 bytes of data + a 512 header end 1024 short of a 10240-byte record: the end fills it exactly.
+    members = [(f"{i:09d}.jpg", np.random.default_rng(i).bytes(size)) for i, size in enumerate(sizes)]
+    body = b"".join(shards._tar_member(name, data) for name, data in members)
+    assert body + shards._tar_end(len(body)) == tarfile_bytes(members)
+
+
+def test_written_shards_are_what_tarfile_writes(written):
+    _, out, _ = written
+    for path in shard_paths(out):
+        with tarfile.open(path) as tar:
+            members = [(m.name, tar.extractfile(m).read()) for m in tar]
+        assert path.read_bytes() == tarfile_bytes(members)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3, 16])
+@pytest.mark.parametrize("pending", [[0, 1, 2, 3, 4], [1, 3], [4]])
+def test_plan_cuts_the_last_shards_so_every_worker_has_work(tmp_path, workers, pending):
+    records = make_imageset(tmp_path, good=14).records  # 23 records: shards of 5, 5, 5, 5, 3
+    order = [records[i] for i in np.random.default_rng(0).permutation(len(records))]
+    shard_lists = [order[start : start + 5] for start in range(0, len(order), 5)]
+    names = [shards.shard_name("train", i) for i in range(len(shard_lists))]
+    pieces = shards._plan(tmp_path, names, shard_lists, 5, pending, workers)
+    for index in pending:  # every image of a pending shard in exactly one piece, at its own position, in order
+        own = [piece for piece in pieces if piece.shard == index]
+        assert [r for piece in own for r in piece.records] == shard_lists[index]
+        starts = [5 * index + sum(len(piece.records) for piece in own[:k]) for k in range(len(own))]
+        assert [piece.start for piece in own] == starts
+        assert len({piece.path for piece in own}) == len(own)
+    assert {piece.shard for piece in pieces} == set(pending)
+    cut = [index for index in pending if sum(piece.shard == index for piece in pieces) > 1]
+    if workers == 1:
+        assert not cut and len(pieces) == len(pending)
+    else:  # the last `workers` shards are cut, so there are at least as many pieces as workers (or images)
+        assert cut == pending[-workers:]
+        assert len(pieces) >= min(workers, sum(len(shard_lists[index]) for index in pending))
 
 
 def test_resume_after_interrupted_run_equals_clean_run(tmp_path, monkeypatch):
@@ -257,8 +309,9 @@ def test_resume_after_interrupted_run_equals_clean_run(tmp_path, monkeypatch):
     assert not (out / "summary.json").exists() and not list(out.glob(".*tmp*"))
     with pytest.raises(IncompleteShards, match="summary.json"):
         shard_paths(out)
-    # What a SIGKILL leaves: a half-written temporary beside the finished shards.
+    # What a SIGKILL leaves: half-written temporaries (a shard, a worker's part of one) beside the finished shards.
     (out / ".train-000003.tar.tmp-999-deadbeef").write_bytes(b"partial")
+    (out / ".train-000004.tar.tmp-part0001").write_bytes(b"partial")
 
     kept = {name: (out / name).stat().st_ino for name in finished}
     calls.clear()
