@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
+import os
+import subprocess
+import sys
 import tarfile
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +33,7 @@ from zf_pipeline.data.shards import (
     split_order,
     write_shards,
 )
+from zf_pipeline.io import folder_lock
 
 SIZE = 32
 
@@ -421,3 +428,92 @@ def test_sources_inside_tars_are_sharded_like_files(tmp_path):
         .to_pylist()[0]
         .startswith(str(tmp_path / "images.tar") + "::")
     )
+
+
+# A run of write_shards in its own process over records listed in a JSON file. "pause" stops in the sixth
+# image (a shard written, the next one's temporary open) until a line arrives on stdin.
+RUNNER = """
+import json, sys
+from pathlib import Path
+from zf_pipeline.data import shards
+from zf_pipeline.data.records import ImageRecord, ImageSet
+
+role, listing, out = sys.argv[1:]
+records = [ImageRecord(**row) for row in json.loads(Path(listing).read_text())]
+images = ImageSet("fixture", Path(out).parent, "train", ["n001", "n002", "n003"], ["a", "b", "c"], records)
+calls, real = [], shards.preprocess
+
+def preprocess(data, config):
+    calls.append(1)
+    if role == "pause" and len(calls) == 6:
+        print("paused", flush=True)
+        sys.stdin.readline()
+    return real(data, config)
+
+shards.preprocess = preprocess
+summary = shards.write_shards(images, out, size=32, images_per_shard=4, seed=3, workers=1, progress=False)
+print(json.dumps({"calls": len(calls), "written": summary["images_written"]}), flush=True)
+"""
+
+
+def run_writer(role: str, listing: Path, out: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.Popen(
+        [sys.executable, "-c", RUNNER, role, str(listing), str(out)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def waits_on_a_lock(pid: int) -> bool:
+    """Whether process ``pid`` is blocked waiting for a file lock (Linux's /proc/locks marks waiters '->')."""
+    return any("->" in line and f" {pid} " in line for line in Path("/proc/locks").read_text().splitlines())
+
+
+def test_second_run_on_one_folder_waits_then_finds_it_complete(tmp_path):
+    if not Path("/proc/locks").exists():
+        pytest.skip("needs Linux's /proc/locks to see that a process waits on a lock")
+    images = make_imageset(tmp_path / "src")
+    listing = tmp_path / "records.json"
+    listing.write_text(json.dumps([dataclasses.asdict(record) for record in images.records]))
+    write_shards(images, tmp_path / "clean", size=SIZE, images_per_shard=4, seed=3, workers=1, progress=False)
+
+    out = tmp_path / "out"
+    first = run_writer("pause", listing, out)
+    try:
+        assert first.stdout.readline().strip() == "paused"
+        in_progress = list(out.glob(".train-*.tar.tmp-*"))
+        assert in_progress, "the paused run has no temporary open"
+        second = run_writer("plain", listing, out)
+        deadline = time.monotonic() + 60
+        while not waits_on_a_lock(second.pid):
+            assert second.poll() is None, f"the second run did not wait for the first: {second.communicate()}"
+            assert time.monotonic() < deadline, "the second run never waited on the folder's lock"
+            time.sleep(0.05)  # polls a condition; nothing depends on how long this takes
+        assert all(path.exists() for path in in_progress), "the waiting run deleted the first one's temporary"
+        first_out, _ = first.communicate("go\n", timeout=60)
+        second_out, _ = second.communicate(timeout=60)
+    finally:
+        for process in (first, locals().get("second")):
+            if process is not None and process.poll() is None:
+                process.kill()
+    assert (first.returncode, second.returncode) == (0, 0)
+    assert json.loads(second_out)["calls"] == 0, "the second run redid the work instead of finding it complete"
+    assert json.loads(first_out)["written"] == json.loads(second_out)["written"] == len(images) - len(UNUSABLE)
+    assert folder_bytes(out) == folder_bytes(tmp_path / "clean")
+
+
+def test_caller_holding_the_folders_lock_does_not_block_the_writer(tmp_path):
+    # The asset layer (assets/cache.py) holds folder_lock(out) while write_shards fills out.
+    images = make_imageset(tmp_path / "src", good=4, with_bad=False)
+    finished = threading.Event()
+
+    def write():
+        write_shards(images, tmp_path / "out", size=SIZE, workers=1, progress=False)
+        finished.set()
+
+    with folder_lock(tmp_path / "out"):
+        threading.Thread(target=write, daemon=True).start()
+        assert finished.wait(timeout=60), "write_shards waits for a lock its own caller holds"
