@@ -249,7 +249,9 @@ def _unordered_map(workers: int, function, tasks: list) -> tuple[Iterator, Pool 
     if workers <= 1:
         return map(function, tasks), None
     # forkserver: safe when the caller has threads (Dagster does).
-    pool = multiprocessing.get_context("forkserver").Pool(workers)
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])  # workers fork with numpy, PIL, pyarrow loaded: ~0.4 s CPU less each
+    pool = context.Pool(workers)
     return pool.imap_unordered(function, tasks), pool
 
 
