@@ -6,6 +6,7 @@ import dataclasses
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import tarfile
@@ -431,40 +432,54 @@ def test_sources_inside_tars_are_sharded_like_files(tmp_path):
 
 
 # A run of write_shards in its own process over records listed in a JSON file. "pause" stops in the sixth
-# image (a shard written, the next one's temporary open) until a line arrives on stdin.
+# image (a shard written, the next one's temporary open) until a line arrives on stdin; "pool" uses 2 workers.
 RUNNER = """
 import json, sys
 from pathlib import Path
 from zf_pipeline.data import shards
 from zf_pipeline.data.records import ImageRecord, ImageSet
 
-role, listing, out = sys.argv[1:]
-records = [ImageRecord(**row) for row in json.loads(Path(listing).read_text())]
-images = ImageSet("fixture", Path(out).parent, "train", ["n001", "n002", "n003"], ["a", "b", "c"], records)
-calls, real = [], shards.preprocess
 
-def preprocess(data, config):
-    calls.append(1)
-    if role == "pause" and len(calls) == 6:
-        print("paused", flush=True)
-        sys.stdin.readline()
-    return real(data, config)
+def main(role, listing, out):
+    records = [ImageRecord(**row) for row in json.loads(Path(listing).read_text())]
+    images = ImageSet("fixture", Path(out).parent, "train", ["n001", "n002", "n003"], ["a", "b", "c"], records)
+    calls, real = [], shards.preprocess
 
-shards.preprocess = preprocess
-summary = shards.write_shards(images, out, size=32, images_per_shard=4, seed=3, workers=1, progress=False)
-print(json.dumps({"calls": len(calls), "written": summary["images_written"]}), flush=True)
+    def preprocess(data, config):
+        calls.append(1)
+        if role == "pause" and len(calls) == 6:
+            print("paused", flush=True)
+            sys.stdin.readline()
+        return real(data, config)
+
+    shards.preprocess = preprocess
+    workers = 2 if role == "pool" else 1
+    summary = shards.write_shards(images, out, size=32, images_per_shard=4, seed=3, workers=workers, progress=False)
+    print(json.dumps({"calls": len(calls), "written": summary["images_written"]}), flush=True)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
 """
 
 
 def run_writer(role: str, listing: Path, out: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    runner = listing.with_name("runner.py")  # a file, not -c: forkserver pool workers import the main script
+    runner.write_text(RUNNER)
     return subprocess.Popen(
-        [sys.executable, "-c", RUNNER, role, str(listing), str(out)],
+        [sys.executable, str(runner), role, str(listing), str(out)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
         env=env,
+        start_new_session=True,  # its own process group, with the pool's processes, for a kill -9 of all
     )
+
+
+def list_records(images: ImageSet, path: Path) -> Path:
+    path.write_text(json.dumps([dataclasses.asdict(record) for record in images.records]))
+    return path
 
 
 def waits_on_a_lock(pid: int) -> bool:
@@ -476,8 +491,7 @@ def test_second_run_on_one_folder_waits_then_finds_it_complete(tmp_path):
     if not Path("/proc/locks").exists():
         pytest.skip("needs Linux's /proc/locks to see that a process waits on a lock")
     images = make_imageset(tmp_path / "src")
-    listing = tmp_path / "records.json"
-    listing.write_text(json.dumps([dataclasses.asdict(record) for record in images.records]))
+    listing = list_records(images, tmp_path / "records.json")
     write_shards(images, tmp_path / "clean", size=SIZE, images_per_shard=4, seed=3, workers=1, progress=False)
 
     out = tmp_path / "out"
@@ -517,3 +531,37 @@ def test_caller_holding_the_folders_lock_does_not_block_the_writer(tmp_path):
     with folder_lock(tmp_path / "out"):
         threading.Thread(target=write, daemon=True).start()
         assert finished.wait(timeout=60), "write_shards waits for a lock its own caller holds"
+
+
+def test_kill_9_of_a_pool_run_then_resume_equals_a_clean_run(tmp_path):
+    images = make_imageset(tmp_path / "src")
+    clean = tmp_path / "clean"
+    write_shards(images, clean, size=SIZE, images_per_shard=4, seed=3, workers=2, progress=False)
+    # The first image of shard 0 becomes a FIFO: reading it blocks, so one worker hangs in shard 0 while the
+    # other writes shards 1-5 (1-3 whole, 4-5 cut in parts and joined); then everything is killed.
+    blocking = Path(split_order(images, seed=3)[0].source)
+    content = blocking.read_bytes()
+    blocking.unlink()
+    os.mkfifo(blocking)
+    out = tmp_path / "out"
+    run = run_writer("pool", list_records(images, tmp_path / "records.json"), out)
+    later = [shards.shard_name("train", index) for index in range(1, 6)]
+    try:
+        deadline = time.monotonic() + 120
+        while not all((out / name).exists() for name in later):
+            assert run.poll() is None, f"the run ended before it was killed: {run.communicate()}"
+            assert time.monotonic() < deadline, f"shards 1-5 never appeared: {sorted(os.listdir(out))}"
+            time.sleep(0.05)  # polls a condition; nothing depends on how long this takes
+    finally:
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait()
+    assert not (out / "train-000000.tar").exists() and not (out / "summary.json").exists()
+    kept = {name: (out / name).stat().st_ino for name in later}
+
+    blocking.unlink()
+    blocking.write_bytes(content)
+    resumed = write_shards(images, out, size=SIZE, images_per_shard=4, seed=3, workers=2, progress=False)
+    assert resumed == load_summary(clean)
+    assert {name: (out / name).stat().st_ino for name in later} == kept, "finished shards were rewritten"
+    assert folder_bytes(out) == folder_bytes(clean)
+    assert not list(out.glob(".*tmp*"))
