@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
 import tarfile
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +34,7 @@ from zf_pipeline.data.shards import (
     split_order,
     write_shards,
 )
+from zf_pipeline.io import folder_lock
 
 SIZE = 32
 
@@ -222,16 +230,68 @@ def test_split_order_train_shuffled_by_seed_val_sorted(tmp_path):
     assert [r.image_id for r in split_order(images, seed=5)] == ids
 
 
-def test_byte_identical_across_runs_and_worker_counts(tmp_path, written):
-    _, out, _ = written
-    images = make_imageset(tmp_path / "src")  # same content, other paths: rewrite the reference here
-    one = write_shards(images, tmp_path / "one", size=SIZE, images_per_shard=4, seed=3, workers=1, progress=False)
-    two = write_shards(images, tmp_path / "two", size=SIZE, images_per_shard=4, seed=3, workers=2, progress=False)
+@pytest.mark.parametrize("images_per_shard", [4, 100])  # 6 shards (4 whole, 2 cut in parts); 1 shard in parts
+def test_byte_identical_across_runs_and_worker_counts(tmp_path, images_per_shard):
+    images = make_imageset(tmp_path / "src")
+    options = dict(size=SIZE, images_per_shard=images_per_shard, seed=3, progress=False)
+    one = write_shards(images, tmp_path / "one", workers=1, **options)
+    two = write_shards(images, tmp_path / "two", workers=2, **options)
     assert one == two
     assert folder_bytes(tmp_path / "one") == folder_bytes(tmp_path / "two")
     # Another seed shuffles differently, so the bytes must differ (the comparison can fail).
-    write_shards(images, tmp_path / "seed4", size=SIZE, images_per_shard=4, seed=4, workers=1, progress=False)
+    write_shards(images, tmp_path / "seed4", workers=1, **{**options, "seed": 4})
     assert folder_bytes(tmp_path / "seed4")["train-000000.tar"] != folder_bytes(tmp_path / "one")["train-000000.tar"]
+
+
+def tarfile_bytes(members: list[tuple[str, bytes]]) -> bytes:
+    """The oracle: the same members written by ``tarfile`` itself (as the writer did before it wrote parts)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            info.uid, info.gid, info.uname, info.gname = 0, 0, "", ""
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("sizes", [[], [0], [1], [511, 512, 513], [8704], [8703], [20000, 3]])
+def test_tar_members_and_end_are_what_tarfile_writes(sizes):
+    # 8704 bytes of data + a 512 header end 1024 short of a 10240-byte record: the end fills it exactly.
+    members = [(f"{i:09d}.jpg", np.random.default_rng(i).bytes(size)) for i, size in enumerate(sizes)]
+    body = b"".join(shards._tar_member(name, data) for name, data in members)
+    assert body + shards._tar_end(len(body)) == tarfile_bytes(members)
+
+
+def test_written_shards_are_what_tarfile_writes(written):
+    _, out, _ = written
+    for path in shard_paths(out):
+        with tarfile.open(path) as tar:
+            members = [(m.name, tar.extractfile(m).read()) for m in tar]
+        assert path.read_bytes() == tarfile_bytes(members)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3, 16])
+@pytest.mark.parametrize("pending", [[0, 1, 2, 3, 4], [1, 3], [4]])
+def test_plan_cuts_the_last_shards_so_every_worker_has_work(tmp_path, workers, pending):
+    records = make_imageset(tmp_path, good=14).records  # 23 records: shards of 5, 5, 5, 5, 3
+    order = [records[i] for i in np.random.default_rng(0).permutation(len(records))]
+    shard_lists = [order[start : start + 5] for start in range(0, len(order), 5)]
+    names = [shards.shard_name("train", i) for i in range(len(shard_lists))]
+    pieces = shards._plan(tmp_path, names, shard_lists, 5, pending, workers)
+    for index in pending:  # every image of a pending shard in exactly one piece, at its own position, in order
+        own = [piece for piece in pieces if piece.shard == index]
+        assert [r for piece in own for r in piece.records] == shard_lists[index]
+        starts = [5 * index + sum(len(piece.records) for piece in own[:k]) for k in range(len(own))]
+        assert [piece.start for piece in own] == starts
+        assert len({piece.path for piece in own}) == len(own)
+    assert {piece.shard for piece in pieces} == set(pending)
+    cut = [index for index in pending if sum(piece.shard == index for piece in pieces) > 1]
+    if workers == 1:
+        assert not cut and len(pieces) == len(pending)
+    else:  # the last `workers` shards are cut, so there are at least as many pieces as workers (or images)
+        assert cut == pending[-workers:]
+        assert len(pieces) >= min(workers, sum(len(shard_lists[index]) for index in pending))
 
 
 def test_resume_after_interrupted_run_equals_clean_run(tmp_path, monkeypatch):
@@ -257,8 +317,9 @@ def test_resume_after_interrupted_run_equals_clean_run(tmp_path, monkeypatch):
     assert not (out / "summary.json").exists() and not list(out.glob(".*tmp*"))
     with pytest.raises(IncompleteShards, match="summary.json"):
         shard_paths(out)
-    # What a SIGKILL leaves: a half-written temporary beside the finished shards.
+    # What a SIGKILL leaves: half-written temporaries (a shard, a worker's part of one) beside the finished shards.
     (out / ".train-000003.tar.tmp-999-deadbeef").write_bytes(b"partial")
+    (out / ".train-000004.tar.tmp-part0001").write_bytes(b"partial")
 
     kept = {name: (out / name).stat().st_ino for name in finished}
     calls.clear()
@@ -368,3 +429,139 @@ def test_sources_inside_tars_are_sharded_like_files(tmp_path):
         .to_pylist()[0]
         .startswith(str(tmp_path / "images.tar") + "::")
     )
+
+
+# A run of write_shards in its own process over records listed in a JSON file. "pause" stops in the sixth
+# image (a shard written, the next one's temporary open) until a line arrives on stdin; "pool" uses 2 workers.
+RUNNER = """
+import json, sys
+from pathlib import Path
+from zf_pipeline.data import shards
+from zf_pipeline.data.records import ImageRecord, ImageSet
+
+
+def main(role, listing, out):
+    records = [ImageRecord(**row) for row in json.loads(Path(listing).read_text())]
+    images = ImageSet("fixture", Path(out).parent, "train", ["n001", "n002", "n003"], ["a", "b", "c"], records)
+    calls, real = [], shards.preprocess
+
+    def preprocess(data, config):
+        calls.append(1)
+        if role == "pause" and len(calls) == 6:
+            print("paused", flush=True)
+            sys.stdin.readline()
+        return real(data, config)
+
+    shards.preprocess = preprocess
+    workers = 2 if role == "pool" else 1
+    summary = shards.write_shards(images, out, size=32, images_per_shard=4, seed=3, workers=workers, progress=False)
+    print(json.dumps({"calls": len(calls), "written": summary["images_written"]}), flush=True)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
+"""
+
+
+def run_writer(role: str, listing: Path, out: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    runner = listing.with_name("runner.py")  # a file, not -c: forkserver pool workers import the main script
+    runner.write_text(RUNNER)
+    return subprocess.Popen(
+        [sys.executable, str(runner), role, str(listing), str(out)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,  # its own process group, with the pool's processes, for a kill -9 of all
+    )
+
+
+def list_records(images: ImageSet, path: Path) -> Path:
+    path.write_text(json.dumps([dataclasses.asdict(record) for record in images.records]))
+    return path
+
+
+def waits_on_a_lock(pid: int) -> bool:
+    """Whether process ``pid`` is blocked waiting for a file lock (Linux's /proc/locks marks waiters '->')."""
+    return any("->" in line and f" {pid} " in line for line in Path("/proc/locks").read_text().splitlines())
+
+
+def test_second_run_on_one_folder_waits_then_finds_it_complete(tmp_path):
+    if not Path("/proc/locks").exists():
+        pytest.skip("needs Linux's /proc/locks to see that a process waits on a lock")
+    images = make_imageset(tmp_path / "src")
+    listing = list_records(images, tmp_path / "records.json")
+    write_shards(images, tmp_path / "clean", size=SIZE, images_per_shard=4, seed=3, workers=1, progress=False)
+
+    out = tmp_path / "out"
+    first = run_writer("pause", listing, out)
+    try:
+        assert first.stdout.readline().strip() == "paused"
+        in_progress = list(out.glob(".train-*.tar.tmp-*"))
+        assert in_progress, "the paused run has no temporary open"
+        second = run_writer("plain", listing, out)
+        deadline = time.monotonic() + 60
+        while not waits_on_a_lock(second.pid):
+            assert second.poll() is None, f"the second run did not wait for the first: {second.communicate()}"
+            assert time.monotonic() < deadline, "the second run never waited on the folder's lock"
+            time.sleep(0.05)  # polls a condition; nothing depends on how long this takes
+        assert all(path.exists() for path in in_progress), "the waiting run deleted the first one's temporary"
+        first_out, _ = first.communicate("go\n", timeout=60)
+        second_out, _ = second.communicate(timeout=60)
+    finally:
+        for process in (first, locals().get("second")):
+            if process is not None and process.poll() is None:
+                process.kill()
+    assert (first.returncode, second.returncode) == (0, 0)
+    assert json.loads(second_out)["calls"] == 0, "the second run redid the work instead of finding it complete"
+    assert json.loads(first_out)["written"] == json.loads(second_out)["written"] == len(images) - len(UNUSABLE)
+    assert folder_bytes(out) == folder_bytes(tmp_path / "clean")
+
+
+def test_caller_holding_the_folders_lock_does_not_block_the_writer(tmp_path):
+    # The asset layer (assets/cache.py) holds folder_lock(out) while write_shards fills out.
+    images = make_imageset(tmp_path / "src", good=4, with_bad=False)
+    finished = threading.Event()
+
+    def write():
+        write_shards(images, tmp_path / "out", size=SIZE, workers=1, progress=False)
+        finished.set()
+
+    with folder_lock(tmp_path / "out"):
+        threading.Thread(target=write, daemon=True).start()
+        assert finished.wait(timeout=60), "write_shards waits for a lock its own caller holds"
+
+
+def test_kill_9_of_a_pool_run_then_resume_equals_a_clean_run(tmp_path):
+    images = make_imageset(tmp_path / "src")
+    clean = tmp_path / "clean"
+    write_shards(images, clean, size=SIZE, images_per_shard=4, seed=3, workers=2, progress=False)
+    # The first image of shard 0 becomes a FIFO: reading it blocks, so one worker hangs in shard 0 while the
+    # other writes shards 1-5 (1-3 whole, 4-5 cut in parts and joined); then everything is killed.
+    blocking = Path(split_order(images, seed=3)[0].source)
+    content = blocking.read_bytes()
+    blocking.unlink()
+    os.mkfifo(blocking)
+    out = tmp_path / "out"
+    run = run_writer("pool", list_records(images, tmp_path / "records.json"), out)
+    later = [shards.shard_name("train", index) for index in range(1, 6)]
+    try:
+        deadline = time.monotonic() + 120
+        while not all((out / name).exists() for name in later):
+            assert run.poll() is None, f"the run ended before it was killed: {run.communicate()}"
+            assert time.monotonic() < deadline, f"shards 1-5 never appeared: {sorted(os.listdir(out))}"
+            time.sleep(0.05)  # polls a condition; nothing depends on how long this takes
+    finally:
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait()
+    assert not (out / "train-000000.tar").exists() and not (out / "summary.json").exists()
+    kept = {name: (out / name).stat().st_ino for name in later}
+
+    blocking.unlink()
+    blocking.write_bytes(content)
+    resumed = write_shards(images, out, size=SIZE, images_per_shard=4, seed=3, workers=2, progress=False)
+    assert resumed == load_summary(clean)
+    assert {name: (out / name).stat().st_ino for name in later} == kept, "finished shards were rewritten"
+    assert folder_bytes(out) == folder_bytes(clean)
+    assert not list(out.glob(".*tmp*"))

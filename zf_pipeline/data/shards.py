@@ -18,17 +18,16 @@ no time, owner or host, members are in sorted order and the JPEG encoder setting
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import multiprocessing
 import os
+import shutil
 import tarfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from functools import partial
-from itertools import islice
 from multiprocessing.pool import Pool
 from pathlib import Path
 
@@ -41,7 +40,7 @@ from tqdm import tqdm
 
 from zf_pipeline.data.preprocess import REDUCING_GAP, RESAMPLE, Preprocessing, UnusableImage, preprocess
 from zf_pipeline.data.records import ImageRecord, ImageSet, read_bytes
-from zf_pipeline.io import atomic_path, write_bytes_atomic
+from zf_pipeline.io import atomic_path, folder_lock, write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +50,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_IMAGES_PER_SHARD = 5000
 KEY_DIGITS = 9
 FORMAT_VERSION = 1
+WRITER_LOCK = ".writer"  # a folder inside the split folder; its .lock is held while shards are written
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -125,7 +125,7 @@ def _fingerprint(
 
 
 def _process_source(source: str, preprocessing: Preprocessing) -> tuple[bytes | None, str]:
-    """Worker: (JPEG bytes, '') for a usable image, (None, reason) otherwise."""
+    """(JPEG bytes, '') for a usable image, (None, reason) otherwise."""
     try:
         data = read_bytes(source)
     except OSError as error:
@@ -151,7 +151,8 @@ def _sample_members(key: str, record: ImageRecord, jpeg: bytes) -> list[tuple[st
     ]
 
 
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+def _tar_member(name: str, data: bytes) -> bytes:
+    """One member as ``tarfile`` writes it (ustar header, data, zero padding to a block)."""
     # Fixed metadata: nothing about when, where or by whom the shard was written reaches its bytes.
     info = tarfile.TarInfo(name)
     info.size = len(data)
@@ -159,7 +160,72 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info.mode = 0o644
     info.uid = info.gid = 0
     info.uname = info.gname = ""
-    tar.addfile(info, io.BytesIO(data))
+    header = info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+    return header + data + tarfile.NUL * (-len(data) % tarfile.BLOCKSIZE)
+
+
+def _tar_end(length: int) -> bytes:
+    """What ``tarfile`` appends on close to ``length`` bytes of members: two zero blocks, then zeros to a record."""
+    end = 2 * tarfile.BLOCKSIZE
+    return tarfile.NUL * (end + (-(length + end) % tarfile.RECORDSIZE))
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """Consecutive samples of one shard, preprocessed and written as tar members by one worker."""
+
+    shard: int
+    start: int  # split position of records[0]
+    records: tuple[ImageRecord, ...]
+    path: Path  # '.<shard>.tmp-partNNNN': a temporary until the shard is assembled and renamed
+
+
+def _write_piece(piece: _Piece, preprocessing: Preprocessing) -> tuple[_Piece, dict[int, str]]:
+    """Worker: read, preprocess and write the samples of ``piece``; returns it with its skip reasons by position."""
+    reasons = {}
+    with open(piece.path, "wb") as f:
+        for position, record in enumerate(piece.records, piece.start):
+            jpeg, reason = _process_source(record.source, preprocessing)
+            if jpeg is None:
+                reasons[position] = reason
+                continue
+            for name, data in _sample_members(f"{position:0{KEY_DIGITS}d}", record, jpeg):
+                f.write(_tar_member(name, data))
+    return piece, reasons
+
+
+def _plan(
+    out: Path,
+    names: list[str],
+    shards: list[list[ImageRecord]],
+    images_per_shard: int,
+    pending: list[int],
+    workers: int,
+) -> list[_Piece]:
+    """The pieces of the pending shards: whole shards, but the last ``workers`` of them cut in ``workers`` parts
+    each, so every worker stays busy to the end, also when fewer shards than workers are left."""
+    whole = len(pending) - workers if workers > 1 else len(pending)
+    pieces = []
+    for rank, index in enumerate(pending):
+        records = shards[index]
+        parts = 1 if rank < whole else min(workers, len(records))
+        bounds = [len(records) * part // parts for part in range(parts + 1)]
+        for part in range(parts):
+            start = index * images_per_shard + bounds[part]
+            chunk = tuple(records[bounds[part] : bounds[part + 1]])
+            pieces.append(_Piece(index, start, chunk, out / f".{names[index]}.tmp-part{part:04d}"))
+    return pieces
+
+
+def _assemble(parts: list[Path], final: Path) -> None:
+    """Append the other parts and the tar end to the first part, then rename it: the shard appears complete."""
+    with open(parts[0], "ab") as f:
+        for part in parts[1:]:
+            with open(part, "rb") as source:
+                shutil.copyfileobj(source, f, 1 << 20)
+            part.unlink()
+        f.write(_tar_end(f.tell()))
+    os.replace(parts[0], final)
 
 
 def _shard_keys(path: Path) -> set[str]:
@@ -177,13 +243,16 @@ def _clear(out: Path, split: str, keep_shards: bool) -> None:
         path.unlink(missing_ok=True)
 
 
-def _map(workers: int, function, tasks: Iterable) -> tuple[Iterator, Pool | None]:
-    """Ordered map over ``tasks``: in this process for one worker, else in a process pool."""
-    if workers == 1:
+def _unordered_map(workers: int, function, tasks: list) -> tuple[Iterator, Pool | None]:
+    """Map over ``tasks`` in any order: in this process for one worker or task, else in a process pool."""
+    workers = min(workers, len(tasks))
+    if workers <= 1:
         return map(function, tasks), None
-    # forkserver: safe when the caller has threads (Dagster does); results still come back in task order.
-    pool = multiprocessing.get_context("forkserver").Pool(workers)
-    return pool.imap(function, tasks, chunksize=16), pool
+    # forkserver: safe when the caller has threads (Dagster does).
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])  # workers fork with numpy, PIL, pyarrow loaded: ~0.4 s CPU less each
+    pool = context.Pool(workers)
+    return pool.imap_unordered(function, tasks), pool
 
 
 def write_shards(
@@ -201,18 +270,35 @@ def write_shards(
 
     Each image is resized (smaller side to ``size``), center-cropped to ``size`` x ``size`` and re-encoded as
     JPEG of ``quality``; unusable images are listed in skipped.parquet. ``workers`` processes (default: all
-    cores) preprocess in parallel. A finished folder with the same config is returned as is; an interrupted
-    one is resumed (finished shards kept, the rest redone); one made with another config is redone.
-    Returns the summary (also written to summary.json). The pool uses the forkserver start method, so a
-    script that calls this with several workers needs the usual ``if __name__ == "__main__":`` guard.
+    cores) each read, preprocess and write whole shards; the last shards are cut in parts that the workers
+    share, and this process joins the parts. A finished folder with the same config is returned as is; an
+    interrupted one is resumed (finished shards kept, the rest redone); one made with another config is
+    redone. A second call on the same folder waits for the first, then finds it finished. Returns the summary
+    (also written to summary.json). The pool uses the forkserver start method, so a script that calls this
+    with several workers needs the usual ``if __name__ == "__main__":`` guard.
     """
     if images_per_shard < 1:
         raise ValueError(f"images_per_shard must be >= 1, got {images_per_shard}")
-    workers = workers or os.cpu_count() or 1
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    split = images.split
+    # Its own lock, not out/.lock: the asset layer holds that one around this call, and a second flock on
+    # one file from one process waits forever.
     preprocessing = Preprocessing(size=size, quality=quality)
+    workers = workers or os.cpu_count() or 1
+    with folder_lock(out / WRITER_LOCK):
+        return _write_locked(images, out, preprocessing, images_per_shard, seed, workers, progress)
+
+
+def _write_locked(
+    images: ImageSet,
+    out: Path,
+    preprocessing: Preprocessing,
+    images_per_shard: int,
+    seed: int,
+    workers: int,
+    progress: bool,
+) -> dict:
+    """``write_shards`` while holding the folder's writer lock."""
+    split = images.split
     order = split_order(images, seed)
     config = _fingerprint(images, order, preprocessing, images_per_shard, seed)
 
@@ -239,31 +325,32 @@ def write_shards(
             if f"{position:0{KEY_DIGITS}d}" not in keys:  # skipped in the interrupted run: recover its reason
                 reasons[position] = _process_source(record.source, preprocessing)[1]
 
+    pieces = _plan(out, names, shards, images_per_shard, pending, workers)
+    parts: dict[int, list[Path]] = {}
+    for piece in pieces:
+        parts.setdefault(piece.shard, []).append(piece.path)
+    waiting = {index: len(paths) for index, paths in parts.items()}
     total = sum(len(shards[index]) for index in pending)
-    tasks = (record.source for index in pending for record in shards[index])
-    results, pool = _map(workers, partial(_process_source, preprocessing=preprocessing), tasks)
+    results, pool = _unordered_map(workers, partial(_write_piece, preprocessing=preprocessing), pieces)
     started, done = time.perf_counter(), 0
     try:
         with tqdm(total=total, unit="img", desc=f"sharding {split}", disable=not progress) as bar:
-            for index in pending:
-                shard, start = shards[index], index * images_per_shard
-                with atomic_path(out / names[index]) as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
-                    processed = zip(shard, islice(results, len(shard)), strict=True)
-                    for position, (record, (jpeg, reason)) in enumerate(processed, start):
-                        if jpeg is None:
-                            reasons[position] = reason
-                        else:
-                            for name, data in _sample_members(f"{position:0{KEY_DIGITS}d}", record, jpeg):
-                                _add_member(tar, name, data)
-                        bar.update()
-                done += len(shard)
+            for piece, piece_reasons in results:
+                reasons.update(piece_reasons)
+                bar.update(len(piece.records))
+                waiting[piece.shard] -= 1
+                if waiting[piece.shard]:
+                    continue
+                _assemble(parts[piece.shard], out / names[piece.shard])
+                done += len(shards[piece.shard])
                 rate = done / (time.perf_counter() - started)
-                logger.info(
-                    "%s written (%d/%d images, %.0f images/s, %d workers)", names[index], done, total, rate, workers
-                )
+                name = names[piece.shard]
+                logger.info("%s written (%d/%d images, %.0f images/s, %d workers)", name, done, total, rate, workers)
     finally:
         if pool is not None:
-            pool.terminate()
+            pool.terminate()  # also waits for the workers to exit, so none still writes a part below
+        for path in out.glob(f".{split}-*.tar.tmp-*"):  # parts of a failed run (a finished one has none)
+            path.unlink()
 
     return _write_tables(out, images, order, names, images_per_shard, reasons, config)
 
