@@ -75,8 +75,8 @@ drive() {
   trap 'kill $SAMPLER' EXIT
   stage generate python3 $REPO/benchmarks/make_imagenet_like.py --sources $REPO/.carry/photos --out $Z/imagenet \
       --train $TRAIN --val $VAL --unique $UNIQUE --workers $(nproc) &&
-  stage bench_sharding python3 $REPO/benchmarks/bench_sharding.py --originals $Z/imagenet/train --images 2880 \
-      --workers 1 16 --json $Z/results/bench_sharding.json &&
+  stage bench_sharding python3 $REPO/benchmarks/bench_sharding.py --sources $REPO/.carry/photos --like 2000 \
+      --workers 1 $(nproc) --per-worker 1000 --json $Z/results/bench_sharding.json &&
   stage shards materialize 'source_images,imagenet_train_shards,imagenet_val_shards,pixel_mean_image' '{}' &&
   stage bench_train python3 $REPO/benchmarks/bench_train.py --shards "$(ls -d $Z/out/imagenet_train_shards/*/ | head -1)" \
       --mean "$(ls $Z/out/pixel_mean/*/pixel_mean.npy | head -1)" --archs ours --modes stream+aug --workers $(( $(nproc) - 2 )) --device $ZF_DEVICE \

@@ -45,6 +45,15 @@ def main(z: Path) -> None:
         first = metrics[0]
         out.update(epoch_s=round(first["epoch_s"], 1), epoch_img_per_s=round(first["img_per_s"]),
                    projected_70_epochs_h=round(70 * first["wall_s"] / 3600, 2))
+    # Each asset's own build time (its cache record), beside the stage's wall time (which adds Dagster's start).
+    out["asset_s"] = {name: r["seconds"] for name, r in records.items() if "seconds" in r}
+    sharding = z / "results" / "bench_sharding.json"
+    if sharding.exists() and "imagenet_train_shards" in out["asset_s"]:
+        bench = json.loads(sharding.read_text())
+        pil_1 = bench["sets"]["imagenet-like"]["pil_1_img_s"]
+        rate = train_images / out["asset_s"]["imagenet_train_shards"]
+        out.update(shard_per_core=bench["shard_per_core"], train_shards_img_per_s=round(rate),
+                   train_shards_per_core_vs_pil_1=round(rate / bench["cores"] / pil_1, 3))
     bench = z / "results" / "bench_train_imagenet.json"
     if bench.exists():
         table = json.loads(bench.read_text())
