@@ -57,7 +57,7 @@ stage() {  # $1 name, $2... command: runs once (a done marker), logs, appends it
   local t0=$(date +%s.%N)
   if "$@" > $Z/logs/$name.log 2>&1; then
     echo "$name $t0 $(date +%s.%N)" >> $Z/logs/stages.txt && touch $Z/logs/$name.done
-    echo "== $name done in $(echo "$(date +%s.%N) - $t0" | bc) s" | tee -a $Z/logs/driver.log
+    echo "== $name done in $(awk "BEGIN{print $(date +%s.%N) - $t0}") s" | tee -a $Z/logs/driver.log
   else
     echo "$name $t0 $(date +%s.%N) failed" >> $Z/logs/stages.txt
     echo "== $name FAILED (log: $Z/logs/$name.log)" | tee -a $Z/logs/driver.log; tail -30 $Z/logs/$name.log >> $Z/logs/driver.log

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import logging
+import shutil
 
 import numpy as np
 import pytest
@@ -139,3 +141,13 @@ def test_index_of_many_shards_is_scanned_in_parallel_with_the_same_result(split)
     assert len(pooled) == 7 * len(one) == 280
     assert np.array_equal(pooled.where[:40, 1:], one.where[:, 1:]) and torch.equal(pooled.labels[:40], one.labels)
     assert pooled.where[-1, 0] == 34
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+def test_a_stream_that_cannot_start_raises_only_its_own_error(split, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(split.root, broken)
+    (broken / "manifest.parquet").unlink()
+    with pytest.raises(FileNotFoundError, match="manifest.parquet"):
+        ShardStream(open_split(broken), 4, shuffle=True, workers=0)
+    gc.collect()  # a second error from __del__ would surface here as an unraisable-exception warning

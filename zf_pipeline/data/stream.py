@@ -186,7 +186,7 @@ class ShardStream:
         self._procs = []
 
     def __del__(self) -> None:
-        if self._procs:
+        if getattr(self, "_procs", None):  # absent when __init__ failed before starting workers
             self.close()
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
