@@ -144,7 +144,7 @@ def decode_jpegs_cuda(raw: list[torch.Tensor], device: torch.device) -> torch.Te
     caching allocator may hand it blocks that queued kernels still read (pytorch/vision#9606): without the
     drain, unrelated tensors are silently overwritten (seen on an H200 as non-finite extraction maxima).
     """
-    if device.type == "cuda":  # (the tests run the 'gpu' stream on the CPU)
+    if device.type == "cuda":
         torch.cuda.current_stream(device).synchronize()
     return torch.stack(decode_jpeg(raw, mode=ImageReadMode.RGB, device=device))
 
