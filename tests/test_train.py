@@ -292,6 +292,13 @@ def test_plateau_drops_stop_at_the_floor(data, tmp_path, monkeypatch):
     lrs = [m["lr"] for m in result.metrics]
     assert len(lrs) == 6 and min(lrs) == pytest.approx(2e-4) and all(lr >= 2e-4 for lr in lrs)
     assert lrs == pytest.approx([1e-2, 1e-2, 1e-3, 2e-4, 2e-4, 2e-4])  # epoch 1 sets the best; each later one drops
+    assert [m["lr_drops"] for m in result.metrics] == [0, 1, 2, 3, 4, 5]  # plateaus at the floor count too
+
+
+def test_with_a_floor_the_run_ends_at_its_nth_plateau(data, tmp_path, monkeypatch):
+    _plateau(monkeypatch)
+    result = train(_config(data, tmp_path, epochs=20, patience=0, min_lr=2e-4, max_lr_drops=4, **FAST))
+    assert [m["lr"] for m in result.metrics] == pytest.approx([1e-2, 1e-2, 1e-3, 2e-4, 2e-4])
 
 
 def test_a_run_that_stops_early_resumes_exactly(data, tmp_path, monkeypatch):

@@ -69,8 +69,8 @@ class TrainConfig:
     lr_factor: float = 0.1
     patience: int = 5  # epochs without a val top-1 improvement before the lr drops
     min_lr: float = 0.0  # plateau drops stop at this floor (0: none)
-    # The run ends at the plateau that would drop the lr the N-th time (None: runs all epochs); with
-    # lr_factor 0.1 and N = 3 the last epochs train at lr / 100.
+    # The run ends at its N-th plateau (None: runs all epochs), a plateau at the floor counting as a drop;
+    # with lr_factor 0.1, no floor and N = 3 the last epochs train at lr / 100.
     max_lr_drops: int | None = None
     # Linear lr ramp over the first epochs (Goyal et al. 2017), per step; 0: none (the paper). Without
     # normalization layers, full-size first steps can kill a net on a small split (docs/results/reproduction.md).
@@ -339,8 +339,10 @@ def train(cfg: TrainConfig) -> RunResult:
         val = _errors(net, val_src, mean, cfg, "center", amp)
         lr = opt.param_groups[0]["lr"]
         if cfg.schedule == "plateau" and epoch + 1 > cfg.warmup_epochs:  # no drop while still ramping up
+            best = sched.best
             sched.step(val["top1_err"])
-            drops += int(opt.param_groups[0]["lr"] < lr)
+            # a plateau resets the bad-epoch count without a new best: a drop, or one the floor held back
+            drops += int(sched.num_bad_epochs == 0 and sched.best == best)
             stopped = cfg.max_lr_drops is not None and drops >= cfg.max_lr_drops
         metrics.append({
             "epoch": epoch + 1,
