@@ -400,3 +400,36 @@ def test_endless_runs_epoch_after_epoch():
             yield epoch, "b"
 
     assert list(islice(endless(TwoBatches()), 5)) == [(1, "a"), (1, "b"), (2, "a"), (2, "b"), (3, "a")]
+
+
+# ---- benchmarks/init_study.py on the CPU
+
+
+def _init_study():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "init_study.py"
+    spec = importlib.util.spec_from_file_location("init_study", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_init_study_prints_a_row_per_recipe_and_writes_json(data, tmp_path, capsys):
+    study = _init_study()
+    args = ["--shards", str(data / "train"), "--val-shards", str(data / "val"), "--mean", str(data / "pixel_mean.npy"),
+            "--out", str(tmp_path / "runs"), "--epochs", "2", "--recipes", "kaiming", "normal+radius",
+            "--json", str(tmp_path / "rows.json"), "--set", "width=0.0625", "crop=64", "batch_size=8", "device=cpu",
+            "warmup_epochs=0", "final_train_error=false"]
+    rows = study.main(args)
+    assert [r["recipe"] for r in rows] == ["kaiming", "normal+radius"]
+    assert all(r["epochs_run"] == 2 and 0 <= r["conv1_hf_median"] <= 1 for r in rows)
+    saved = json.loads((tmp_path / "runs" / "normal+radius" / "result.json").read_text())
+    assert rows[1]["val_top1_10crop"] == saved["val_10crop_top1_err"]
+    assert load_checkpoint(tmp_path / "runs" / "normal+radius" / "last.pt")["train_config"]["filter_radius"] == 0.1
+    assert json.loads((tmp_path / "rows.json").read_text()) == rows
+    out = capsys.readouterr().out
+    assert "| recipe | val_top1_center |" in out and "| normal+radius | " in out
+    with pytest.raises(SystemExit, match="--set 'widht=1'"):
+        study.main(args[:-6] + ["widht=1"])
