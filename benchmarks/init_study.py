@@ -10,7 +10,8 @@ momentum 0.9, weight decay 5e-4, plateau patience 4, 5 warm-up epochs):
 | kaiming | He normal | 1/64 | - | plateau (today's real-data run) |
 | normal | N(0, 1e-2), zero biases (the paper) | 1 | - | plateau |
 | normal+radius | N(0, 1e-2) | 1 | 0.1 (the paper's ECCV text) | plateau |
-| kaiming+radius | He normal | 1/64 | 0.1 (binds conv1, He RMS ~0.12) | plateau |
+| kaiming+radius | He normal | 1/64 | 0.05 (binds conv1 from the start: He RMS 0.074 at 11x11x3) | plateau |
+| small-conv1 | He normal, conv1 N(0, 1e-2) (the demo's recipe) | 1/8 | 0.1 | plateau |
 | kaiming+stop | He normal | 1/64 | - | plateau, floor 1e-4, ends at the 3rd plateau (the first at the floor) |
 
 Prints one row per recipe as it finishes (final val top-1, center and 10 crops; best val top-1 and its
@@ -39,7 +40,8 @@ RECIPES = {
     "kaiming": KAIMING,
     "normal": PAPER,
     "normal+radius": {**PAPER, "filter_radius": 0.1},
-    "kaiming+radius": {**KAIMING, "filter_radius": 0.1},
+    "kaiming+radius": {**KAIMING, "filter_radius": 0.05},
+    "small-conv1": {"init": "kaiming", "conv1_init_std": 1e-2, "input_scale": 1 / 8, "filter_radius": 0.1},
     "kaiming+stop": {**KAIMING, "max_lr_drops": 3, "min_lr": 1e-4},
 }
 COLUMNS = ("recipe", "val_top1_center", "val_top1_10crop", "best_val_top1", "best_epoch", "epochs_run",

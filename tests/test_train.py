@@ -247,7 +247,7 @@ def test_after_a_renormalized_step_no_filter_exceeds_the_radius_and_the_rest_mat
     nets = []
     for radius in (None, 0.05):
         net = build(variant("krizhevsky", num_classes=3, width=0.125, input_size=CROP), seed=0)
-        kaiming_init(net)  # He init puts conv1's filters at RMS ~0.12, above the radius
+        kaiming_init(net)  # He init puts conv1's 11x11x3 filters at RMS ~0.074, above the radius
         torch.manual_seed(0)  # the same dropout masks in both steps
         opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
         make_step(net, opt, False, filter_renormalizer(net, radius) if radius else None)(x, labels)
@@ -262,6 +262,21 @@ def test_after_a_renormalized_step_no_filter_exceeds_the_radius_and_the_rest_mat
         assert torch.equal(a[under], b[under])
         clipped += int((~under).sum())
     assert clipped > 0
+
+
+def test_conv1_init_std_redraws_conv1_only():
+    from zf_pipeline.models import build, variant
+    from zf_pipeline.train import initialize
+
+    nets = []
+    for std in (None, 1e-2):
+        net = build(variant("ours", num_classes=3, width=0.25, input_size=CROP), seed=0)
+        initialize(net, TrainConfig("a", "b", "m", "o", init="kaiming", conv1_init_std=std))
+        nets.append(dict(net.named_parameters()))
+    he, mixed = nets
+    assert mixed["conv1.weight"].std().item() == pytest.approx(1e-2, rel=0.1) and not mixed["conv1.bias"].any()
+    assert he["conv1.weight"].std().item() > 0.06  # He: sqrt(2 / (3 * 11 * 11)) = 0.074
+    assert all(torch.equal(he[k], mixed[k]) for k in he if not k.startswith("conv1."))
 
 
 def _plateau(monkeypatch) -> None:

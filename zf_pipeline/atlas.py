@@ -128,7 +128,8 @@ def build_atlas(
         summaries = []
         for layer in layers:
             units = _units(rows, layer, maps)
-            summaries.append(_write_layer(site, model, layer, units, rows, source, mean, norm, tile, maps_per_pass, extras))
+            summaries.append(_write_layer(site, model, layer, units, rows, source, mean, norm, tile, maps_per_pass,
+                                          extras))
         has_figures, has_tables = _write_figures_page(site, extras), _write_tables_page(site, extras)
         _write_index(site, title, summaries, has_figures, has_tables)
     logger.info("atlas: %d layers written to %s", len(layers), out_dir)
@@ -144,7 +145,8 @@ def _checked_rows(top9_rows: object) -> list[dict]:
         raise ValueError("the top-9 table is empty: nothing to put in the atlas")
     missing = [c for c in TOP9_COLUMNS if c not in rows[0]]
     if missing:
-        raise ValueError(f"the top-9 table lacks columns {missing}; expected {list(TOP9_COLUMNS)}, got {sorted(rows[0])}")
+        raise ValueError(f"the top-9 table lacks columns {missing}; expected {list(TOP9_COLUMNS)}, "
+                         f"got {sorted(rows[0])}")
     return rows
 
 
@@ -154,7 +156,8 @@ def _layers(model: nn.Module, rows: list[dict], layers: Sequence[str] | None) ->
     if layers is None:
         chosen = [layer for layer in in_model if layer in present]
         if not chosen:
-            raise ValueError(f"the top-9 table holds no convolutional layer of this model {in_model}; it has {sorted(present)}")
+            raise ValueError(f"the top-9 table holds no convolutional layer of this model {in_model}; "
+                             f"it has {sorted(present)}")
         return chosen
     for layer in layers:
         if layer not in in_model:
@@ -319,7 +322,8 @@ def _unit_page(layer: str, units: list[_Unit], i: int, rf: tuple[int, int, int],
 
     def grid(kind: str, what: str, heading: str) -> str:
         figs = "".join(
-            figure(f"img/{name}_{kind}{k + 1}.png", f"{what} {k + 1} of {layer} map {unit.channel}", caption(e), DISPLAY)
+            figure(f"img/{name}_{kind}{k + 1}.png", f"{what} {k + 1} of {layer} map {unit.channel}", caption(e),
+                   DISPLAY)
             for k, e in enumerate(entries)
         )
         return f'<div><h2>{heading}</h2><div class="grid {kind}">{figs}</div></div>'
@@ -337,7 +341,8 @@ def _unit_page(layer: str, units: list[_Unit], i: int, rf: tuple[int, int, int],
     if layer == "conv1":
         share = "" if hf is None else f" (high-frequency share {hf:.2f}; white noise 0.80)"
         body += f'<h2>Filter{share}</h2>{img(f"img/{name}_filter.png", f"conv1 filter {unit.channel}", DISPLAY)}'
-    body += f'<div class="pair">{grid("p", "projection", "Projections")}{grid("i", "image patch", "Image patches")}</div>'
+    pair = grid("p", "projection", "Projections") + grid("i", "image patch", "Image patches")
+    body += f'<div class="pair">{pair}</div>'
     if has_evolution:
         body += wide(f"img/{name}_evolution.png", "Evolution over training (Fig. 3)")
     return page(f"{layer} map {unit.channel}", body, nav, KEYS_JS)
@@ -369,7 +374,8 @@ def _write_index(site: Path, title: str, summaries: list[dict], has_figures: boo
     body = (
         "<p>Feature visualization after Zeiler &amp; Fergus (2014), section 4: for each feature map, its top 9 "
         "activations projected to pixel space with the deconvnet, beside the image patches that caused them.</p>"
-        f"<table><tr><th>layer</th><th>maps</th><th>receptive field / stride</th><th>top activation</th></tr>{lines}</table>"
+        "<table><tr><th>layer</th><th>maps</th><th>receptive field / stride</th><th>top activation</th></tr>"
+        f"{lines}</table>"
     )
     nav = [("figures.html", "figures")] * has_figures + [("tables.html", "tables")] * has_tables
     write_page(site / "index.html", page(title, body, nav))

@@ -22,7 +22,8 @@ h1{font-size:1.4em;margin:.2em 0}h2{font-size:1.1em;margin:1.2em 0 .4em}
 .maps a{display:flex;flex-direction:column;align-items:center;font-size:11px;color:#444}
 .maps img,.grid img{image-rendering:pixelated;background:#808080}
 .grid{display:grid;grid-template-columns:repeat(3,auto);gap:6px;justify-content:start}
-figure{margin:0}figcaption{font-size:11px;color:#444;max-width:112px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+figure{margin:0}
+figcaption{font-size:11px;color:#444;max-width:112px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
 .pair{display:flex;flex-wrap:wrap;gap:2.5em}
 .wide img{max-width:100%}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}

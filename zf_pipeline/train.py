@@ -36,7 +36,7 @@ from zf_pipeline.distributed import dist_env
 from zf_pipeline.evaluate import predict, topk_correct
 from zf_pipeline.io import atomic_path, write_bytes_atomic
 from zf_pipeline.models.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
-from zf_pipeline.models.zfnet import ZFNet, build, variant
+from zf_pipeline.models.zfnet import ZFNet, build, init_weights, variant
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,9 @@ class TrainConfig:
     # and suits short runs.
     init: str = "normal"
     init_std: float = 1e-2
+    # conv1 alone from N(0, conv1_init_std^2), zero bias, whatever `init` gave it (None: as `init`). Small
+    # layer-1 weights on larger inputs (input_scale) move fast relative to their start noise: smooth filters.
+    conv1_init_std: float | None = None
     schedule: str = "plateau"  # 'plateau': lr x lr_factor when val top-1 stops improving; 'cosine': to 0 per step
     lr_factor: float = 0.1
     patience: int = 5  # epochs without a val top-1 improvement before the lr drops
@@ -121,6 +124,19 @@ def kaiming_init(model: nn.Module) -> None:
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
             nn.init.zeros_(m.bias)
+
+
+def initialize(net: ZFNet, cfg: TrainConfig) -> None:
+    """The start ``cfg`` asks for: N(0, init_std^2) (``build`` drew it) or He for every layer, then conv1
+    from N(0, conv1_init_std^2) when set."""
+    if cfg.init == "kaiming":
+        kaiming_init(net)
+    elif cfg.init != "normal":
+        raise ValueError(f"init must be 'normal' or 'kaiming', not {cfg.init!r}")
+    if cfg.conv1_init_std is not None:
+        with torch.random.fork_rng(devices=[]):  # the global stream (dropout) stays as without the option
+            torch.manual_seed(cfg.seed)
+            init_weights(net.get_submodule("conv1"), cfg.conv1_init_std)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int):
@@ -260,10 +276,7 @@ def train(cfg: TrainConfig) -> RunResult:
     mean = load_mean(cfg.mean, split.size).to(device)
     arch = variant(cfg.arch, num_classes=len(split.classes), width=cfg.width, input_size=cfg.crop)
     net = build(arch, init_std=cfg.init_std, seed=cfg.seed)
-    if cfg.init == "kaiming":
-        kaiming_init(net)
-    elif cfg.init != "normal":
-        raise ValueError(f"init must be 'normal' or 'kaiming', not {cfg.init!r}")
+    initialize(net, cfg)
     if cfg.filter_radius is not None and not cfg.filter_radius > 0:
         raise ValueError(f"filter_radius must be a positive RMS (or None: off), not {cfg.filter_radius!r}")
     if cfg.max_lr_drops is not None and cfg.max_lr_drops < 1:

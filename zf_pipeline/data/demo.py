@@ -169,7 +169,8 @@ def _jobs(paths: DemoPaths, config: DemoConfig) -> list[_Job]:
     jobs = []
     for c, cls in enumerate(SOURCE_CLASSES):
         train_dir, val_dir = paths.source / "train" / cls.class_id, paths.source / "val" / cls.class_id
-        jobs += [_Job("train", c, i, str(train_dir / f"{cls.class_id}_{i + 1}.JPEG")) for i in range(config.train_per_class)]
+        jobs += [_Job("train", c, i, str(train_dir / f"{cls.class_id}_{i + 1}.JPEG"))
+                 for i in range(config.train_per_class)]
         # ImageNet's val names are global over the set: ILSVRC2012_val_00000001.JPEG, ...
         first = c * config.val_per_class + 1
         val_names = [f"ILSVRC2012_val_{first + i:08d}.JPEG" for i in range(config.val_per_class)]
@@ -236,10 +237,12 @@ def make_demo(
     if image_size < 32:
         raise ValueError(f"make_demo: image_size must be at least 32 pixels, got {image_size}")
     if val_per_class < CORRESPONDENCE_IMAGES:
-        raise ValueError(f"make_demo: val_per_class must be at least {CORRESPONDENCE_IMAGES} (Table 3 uses 5 val faces)")
+        raise ValueError(f"make_demo: val_per_class must be at least {CORRESPONDENCE_IMAGES} "
+                         "(Table 3 uses 5 val faces)")
     paths = demo_paths(root)
     if paths.root.exists() and not paths.root.is_dir():
-        raise NotADirectoryError(f"demo root {paths.root} is a file; expected a folder (or no path) for the demo dataset")
+        raise NotADirectoryError(f"demo root {paths.root} is a file; "
+                                 "expected a folder (or no path) for the demo dataset")
     marker = _read_marker(paths)
     if marker == asdict(config):
         return paths

@@ -69,7 +69,12 @@ def _object_colours(rng: np.random.Generator, cls: DemoClass) -> tuple[np.ndarra
 
 
 def _texture(
-    rng: np.random.Generator, texture: str, side: int, box: tuple[int, int, int, int], main: np.ndarray, second: np.ndarray
+    rng: np.random.Generator,
+    texture: str,
+    side: int,
+    box: tuple[int, int, int, int],
+    main: np.ndarray,
+    second: np.ndarray,
 ) -> Image.Image:
     """The texture over ``box`` (x0, y0, x1, y1) of a side x side canvas.
 
@@ -138,7 +143,8 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[l
         return [ring_of([r * 1.1, r * 0.45] * 5, -math.pi / 2)]
     if shape == "cross":
         w = r * 0.33
-        pts = [(w, r), (w, w), (r, w), (r, -w), (w, -w), (w, -r), (-w, -r), (-w, -w), (-r, -w), (-r, w), (-w, w), (-w, r)]
+        pts = [(w, r), (w, w), (r, w), (r, -w), (w, -w), (w, -r),
+               (-w, -r), (-w, -w), (-r, -w), (-r, w), (-w, w), (-w, r)]
         c, s = math.cos(angle), math.sin(angle)
         return [[(cx + px * c - py * s, cy + px * s + py * c) for px, py in pts]]
     raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
@@ -177,7 +183,8 @@ def _draw_face(
         return cx + (dx * c - dy * s) * r, cy + (dx * s + dy * c) * r
 
     def blob(dx: float, dy: float, rx: float, ry: float, fill: tuple[int, ...]) -> tuple[float, float, float, float]:
-        pts = [at(dx + rx * math.cos(t), dy + ry * math.sin(t)) for t in np.linspace(0, 2 * math.pi, 24, endpoint=False)]
+        pts = [at(dx + rx * math.cos(t), dy + ry * math.sin(t))
+               for t in np.linspace(0, 2 * math.pi, 24, endpoint=False)]
         draw.polygon(pts, fill=fill)
         return _bbox(pts)
 
@@ -194,7 +201,8 @@ def _draw_face(
     draw.polygon(nose_pts, fill=nose)
     boxes["nose"] = _bbox(nose_pts)
     mouth_y, mouth_w = rng.uniform(0.38, 0.5), rng.uniform(0.25, 0.4)
-    draw.line([at(-mouth_w, mouth_y), at(0, mouth_y + 0.1), at(mouth_w, mouth_y)], fill=dark, width=max(2, int(r * 0.08)))
+    draw.line([at(-mouth_w, mouth_y), at(0, mouth_y + 0.1), at(mouth_w, mouth_y)], fill=dark,
+              width=max(2, int(r * 0.08)))
     return boxes
 
 
