@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from zf_pipeline.data.loader import crop_draws, crop_flip, endless, load_mean, make_source, open_split
 from zf_pipeline.data.stream import measure
 from zf_pipeline.models import build, variant
-from zf_pipeline.train import kaiming_init, make_step
+from zf_pipeline.train import filter_renormalizer, kaiming_init, make_step
 
 DESIGN_CEILING = {"krizhevsky": 25_800, "ours": 19_500, "zf_published": 16_600}
 
@@ -48,7 +48,8 @@ def _rate(step_fn, steps: int, warmup: int, batch: int) -> float:
     return steps * batch / (time.perf_counter() - t)
 
 
-def fused_step(net: torch.nn.Module, opt: torch.optim.Optimizer, mean: torch.Tensor, crop: int, mode: str | None):
+def fused_step(net: torch.nn.Module, opt: torch.optim.Optimizer, mean: torch.Tensor, crop: int, mode: str | None,
+               after_update=None):
     """``step(uint8 images, labels, draws)`` with crop/flip/mean inside one compiled forward (``mode`` for torch.compile)."""
 
     def forward_loss(images, labels, draws):
@@ -64,6 +65,8 @@ def fused_step(net: torch.nn.Module, opt: torch.optim.Optimizer, mean: torch.Ten
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if after_update is not None:
+            after_update()
 
     return step
 
@@ -74,7 +77,9 @@ def bench(arch: str, args) -> list[dict]:
     kaiming_init(net)  # a trainable start keeps the loss finite through the timed steps
     net = net.to(dev, memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4, fused=dev.type == "cuda" or None)
-    step = make_step(torch.compile(net) if args.compile else net, opt, amp=dev.type == "cuda")
+    # --filter-radius: section 3.1's renormalization after every update, compiled like the network
+    renorm = filter_renormalizer(net, args.filter_radius, args.compile) if args.filter_radius else None
+    step = make_step(torch.compile(net) if args.compile else net, opt, amp=dev.type == "cuda", after_update=renorm)
     b = args.batch
     x = torch.randn(b, 3, 224, 224, device=dev).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (b,), device=dev)
@@ -92,7 +97,7 @@ def bench(arch: str, args) -> list[dict]:
         mode_kind, _, how = mode.partition("+")  # 'cache+fused': augmentation compiled into the forward
         kind = mode_kind
         if how in ("fused", "graph") and how not in fused:
-            fused[how] = fused_step(net, opt, mean, 224, "reduce-overhead" if how == "graph" else None)
+            fused[how] = fused_step(net, opt, mean, 224, "reduce-overhead" if how == "graph" else None, renorm)
         src = make_source(split, b, shuffle=True, mode=kind, workers=args.workers, device=dev)
         setup_s = time.perf_counter() - t0
         if kind == "stream" and "stream alone" not in {r["source"] for r in rows}:
@@ -138,13 +143,16 @@ def main() -> None:
     p.add_argument("--device", default="cuda")
     p.add_argument("--width", type=float, default=1.0, help="width multiplier (small values for a CPU dry run)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--filter-radius", type=float, default=None,
+                   help="renormalize conv filters to this RMS after every step (TrainConfig.filter_radius); off by default")
     p.add_argument("--json")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO)
     torch.backends.cudnn.benchmark = True
     rows = [r for arch in args.archs for r in bench(arch, args)]
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device
-    print(f"\n{name}, batch {args.batch}, {args.steps} timed steps")
+    renorm = f", filter radius {args.filter_radius}" if args.filter_radius else ""
+    print(f"\n{name}, batch {args.batch}, {args.steps} timed steps{renorm}")
     print("| arch | source | img/s | of ceiling | of DESIGN.md ceiling |")
     print("|---|---|---|---|---|")
     for r in rows:

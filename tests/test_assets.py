@@ -101,3 +101,21 @@ def test_training_through_dagster_pipes_subprocess(tmp_path):
     record = settings.record("zfnet_model")
     assert Path(record["checkpoint"]).is_file() and record["final"]["epochs"] == 1
     assert record["final"]["val_center_n"] == 10 * TINY_DEMO["val_per_class"]
+
+
+def test_training_config_defaults_follow_the_data_and_explicit_values_win():
+    from assets.training import TrainingConfig, train_config
+
+    def cfg(settings: ZFSettings, **kw):
+        return train_config(settings, TrainingConfig(**kw), "t", "v", "m.npy")
+
+    demo, real = ZFSettings(device="cpu"), ZFSettings(device="cpu", imagenet_root="/data/imagenet")
+    d = cfg(demo)
+    assert (d.init, d.conv1_init_std, d.input_scale, d.warmup_epochs, d.filter_radius) == ("kaiming", 1e-2, 1 / 16, 1, None)
+    r = cfg(real)
+    assert (r.init, r.conv1_init_std, r.input_scale, r.warmup_epochs, r.filter_radius) == ("normal", None, 1.0, 0, None)
+    assert cfg(real, init="kaiming").input_scale == 1 / 64
+    assert cfg(real, filter_radius=0.1, min_lr=1e-4, max_lr_drops=3).filter_radius == 0.1
+    assert (cfg(real, max_lr_drops=3).max_lr_drops, r.max_lr_drops) == (3, None)
+    off = cfg(demo, conv1_init_std=0.0, warmup_epochs=0, input_scale=0.5)
+    assert (off.conv1_init_std, off.warmup_epochs, off.input_scale) == (None, 0, 0.5)

@@ -93,6 +93,16 @@ def test_unit_pages_show_nine_projections_and_nine_patches_with_captions(setup, 
             assert (layer == "conv1") == any(img["src"].endswith("_filter.png") for img in page.imgs)
 
 
+def test_layer1_pages_show_the_filters_high_frequency_share(setup, site: Path) -> None:
+    from zf_pipeline.analysis.filters import high_frequency_share
+
+    share = high_frequency_share(setup[0].get_submodule("conv1").weight)
+    text = (site / "conv1" / "index.html").read_text(encoding="utf-8")
+    assert f"<b>{share.nanquantile(0.5).item():.2f}</b>" in text and 'id="filter-quality"' in text
+    assert f"high-frequency share {share[3].item():.2f}" in (site / "conv1" / "u0003.html").read_text(encoding="utf-8")
+    assert "filter-quality" not in (site / "conv2" / "index.html").read_text(encoding="utf-8")
+
+
 def test_links_are_relative_and_resolve_and_there_is_no_url(setup, site: Path) -> None:
     model = setup[0]
     pages = list(site.rglob("*.html"))

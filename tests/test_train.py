@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 from shard_writer import write_mean, write_split
 from torch import nn
 
@@ -18,7 +19,7 @@ from zf_pipeline.data.loader import DecodedCache, ShardFormatError, augment, loa
 from zf_pipeline.evaluate import evaluate, evaluate_ensemble, eval_crops, topk_errors
 from zf_pipeline.models.checkpoint import load_checkpoint
 from zf_pipeline.tables import table1, table2
-from zf_pipeline.train import TrainConfig, make_step, parse_args, train
+from zf_pipeline.train import TrainConfig, filter_renormalizer, make_step, parse_args, renormalize_filters, train
 
 SIZE, CROP = 72, 64  # the smallest input ZFNet's stride-4 conv1 and three poolings accept is 63 px
 CLASSES = ["red", "green", "blue"]
@@ -188,8 +189,8 @@ def test_warmup_ramps_the_lr_linearly_per_step_then_holds_it(data, tmp_path, mon
     lrs = []
     real = train_module.make_step
 
-    def recording(model, opt, amp):
-        step = real(model, opt, amp)
+    def recording(model, opt, amp, after_update=None):
+        step = real(model, opt, amp, after_update)
         return lambda x, y: lrs.append(opt.param_groups[0]["lr"]) or step(x, y)
 
     monkeypatch.setattr(train_module, "make_step", recording)
@@ -209,8 +210,132 @@ def test_resumed_run_ends_bitwise_where_an_uninterrupted_run_ends(data, tmp_path
     resumed = train(cut)
     a, b = whole.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    same = ("epoch", "train_loss", "train_top1_err", "val_top1_err", "val_top5_err", "lr")
+    same = ("epoch", "train_loss", "train_top1_err", "val_top1_err", "val_top5_err", "lr", "lr_drops", "conv1_hf_median")
     assert [[m[k] for k in same] for m in whole.metrics] == [[m[k] for k in same] for m in resumed.metrics]
+
+
+# ---- filter renormalization and the schedule's floor / stop
+
+
+def _rms(w: torch.Tensor) -> torch.Tensor:
+    return w.square().mean((1, 2, 3)).sqrt()
+
+
+def test_renormalization_scales_filters_above_the_radius_to_it_and_leaves_the_others_bitwise():
+    torch.manual_seed(0)
+    w = torch.randn(8, 3, 5, 5) * torch.tensor([0.01, 0.5, 0.02, 2.0, 0.09, 0.3, 0.001, 1.0])[:, None, None, None]
+    v = torch.randn(4, 8, 3, 3) * torch.tensor([0.05, 0.4, 0.1, 0.0])[:, None, None, None]
+    v = v.contiguous(memory_format=torch.channels_last)  # the training step's layout
+    before_w, before_v = w.clone(), v.clone()
+    renormalize_filters([w, v], 0.1)
+    for after, before in ((w, before_w), (v, before_v)):
+        big = _rms(before) > 0.1
+        assert big.any() and (~big).any()
+        assert torch.equal(after[~big], before[~big])
+        assert torch.allclose(_rms(after[big]), torch.full((int(big.sum()),), 0.1))
+        cosine = F.cosine_similarity(after[big].flatten(1), before[big].flatten(1))
+        assert torch.allclose(cosine, torch.ones_like(cosine))  # scaled, not turned
+
+
+def test_after_a_renormalized_step_no_filter_exceeds_the_radius_and_the_rest_match_a_plain_step(data):
+    from zf_pipeline.models import build, variant
+    from zf_pipeline.train import kaiming_init
+
+    split = open_split(data / "train")
+    images, labels = next(iter(DecodedCache(split, 12, shuffle=False).epoch(0)))
+    x = augment(images, load_mean(data / "pixel_mean.npy"), CROP, torch.Generator().manual_seed(0), 1 / 64)
+    nets = []
+    for radius in (None, 0.05):
+        net = build(variant("krizhevsky", num_classes=3, width=0.125, input_size=CROP), seed=0)
+        kaiming_init(net)  # He init puts conv1's 11x11x3 filters at RMS ~0.074, above the radius
+        torch.manual_seed(0)  # the same dropout masks in both steps
+        opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+        make_step(net, opt, False, filter_renormalizer(net, radius) if radius else None)(x, labels)
+        nets.append(net)
+    plain, renormed = nets
+    convs = [n for n, m in renormed.named_modules() if isinstance(m, nn.Conv2d)]
+    clipped = 0
+    for name in convs:
+        a, b = plain.get_submodule(name).weight, renormed.get_submodule(name).weight
+        assert (_rms(b) <= 0.05 * (1 + 1e-6)).all()
+        under = _rms(a) <= 0.05
+        assert torch.equal(a[under], b[under])
+        clipped += int((~under).sum())
+    assert clipped > 0
+
+
+def test_conv1_init_std_redraws_conv1_only():
+    from zf_pipeline.models import build, variant
+    from zf_pipeline.train import initialize
+
+    nets = []
+    for std in (None, 1e-2):
+        net = build(variant("ours", num_classes=3, width=0.25, input_size=CROP), seed=0)
+        initialize(net, TrainConfig("a", "b", "m", "o", init="kaiming", conv1_init_std=std))
+        nets.append(dict(net.named_parameters()))
+    he, mixed = nets
+    assert mixed["conv1.weight"].std().item() == pytest.approx(1e-2, rel=0.1) and not mixed["conv1.bias"].any()
+    assert he["conv1.weight"].std().item() > 0.06  # He: sqrt(2 / (3 * 11 * 11)) = 0.074
+    assert all(torch.equal(he[k], mixed[k]) for k in he if not k.startswith("conv1."))
+
+
+def _plateau(monkeypatch) -> None:
+    """The validation error never improves: every epoch after the first is a plateau."""
+    import zf_pipeline.train as train_module
+
+    monkeypatch.setattr(train_module, "_errors", lambda *a, **kw: {"top1_err": 50.0, "top5_err": 10.0, "n": 18})
+
+
+FAST = dict(width=0.0625, final_ten_crop=False, final_train_error=False, keep_epochs=())
+
+
+def test_training_stops_when_the_lr_has_dropped_max_lr_drops_times(data, tmp_path, monkeypatch):
+    _plateau(monkeypatch)
+    result = train(_config(data, tmp_path, epochs=20, patience=1, max_lr_drops=2, **FAST))
+    lrs = [m["lr"] for m in result.metrics]
+    assert len(lrs) < 20 and result.final["epochs_run"] == len(lrs) and result.final["lr_drops"] == 2
+    assert [m["lr_drops"] for m in result.metrics][-1] == 2 and len(set(lrs)) == 2  # 1e-2, then 1e-3: 2 drops
+    assert json.loads((tmp_path / "result.json").read_text()) == result.final
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == len(lrs)
+    again = train(_config(data, tmp_path, epochs=20, patience=1, max_lr_drops=2, **FAST))  # resumes an ended run
+    assert len(again.metrics) == len(lrs) and again.final["epochs_run"] == len(lrs)
+
+
+def test_plateau_drops_stop_at_the_floor(data, tmp_path, monkeypatch):
+    _plateau(monkeypatch)
+    result = train(_config(data, tmp_path, epochs=6, patience=0, min_lr=2e-4, **FAST))
+    lrs = [m["lr"] for m in result.metrics]
+    assert len(lrs) == 6 and min(lrs) == pytest.approx(2e-4) and all(lr >= 2e-4 for lr in lrs)
+    assert lrs == pytest.approx([1e-2, 1e-2, 1e-3, 2e-4, 2e-4, 2e-4])  # epoch 1 sets the best; each later one drops
+    assert [m["lr_drops"] for m in result.metrics] == [0, 1, 2, 3, 4, 5]  # plateaus at the floor count too
+
+
+def test_with_a_floor_the_run_ends_at_its_nth_plateau(data, tmp_path, monkeypatch):
+    _plateau(monkeypatch)
+    result = train(_config(data, tmp_path, epochs=20, patience=0, min_lr=2e-4, max_lr_drops=4, **FAST))
+    assert [m["lr"] for m in result.metrics] == pytest.approx([1e-2, 1e-2, 1e-3, 2e-4, 2e-4])
+
+
+def test_a_run_that_stops_early_resumes_exactly(data, tmp_path, monkeypatch):
+    _plateau(monkeypatch)
+    cfg = dict(epochs=20, patience=1, max_lr_drops=2, **FAST)
+    whole = train(_config(data, tmp_path / "whole", **cfg))
+    first = train(_config(data, tmp_path / "cut", stop_after=2, **cfg))
+    assert first.final == {}
+    resumed = train(_config(data, tmp_path / "cut", **cfg))
+    assert whole.final == resumed.final
+    assert [m["lr"] for m in whole.metrics] == [m["lr"] for m in resumed.metrics]
+    a, b = whole.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bad_schedule_and_radius_options_fail_clearly(data, tmp_path):
+    with pytest.raises(ValueError, match="filter_radius must be a positive"):
+        train(_config(data, tmp_path, filter_radius=0.0))
+    with pytest.raises(ValueError, match="max_lr_drops must be at least 1"):
+        train(_config(data, tmp_path, max_lr_drops=0))
+    with pytest.raises(ValueError, match="min_lr and max_lr_drops bound the plateau"):
+        train(_config(data, tmp_path, schedule="cosine", min_lr=1e-4))
 
 
 def _ddp_worker(rank: int, port: int, cfg: TrainConfig, out: str) -> None:
@@ -258,7 +383,9 @@ def test_ddp_ranks_pick_their_own_loader_and_still_step_together(data, tmp_path)
 
 def test_cli_flags_map_to_config():
     cfg = parse_args(["--shards", "a", "--val-shards", "b", "--mean", "m.npy", "--out", "o", "--arch", "krizhevsky",
-                      "--epochs", "5", "--lr", "0.02", "--compile", "--no-amp", "--keep-epochs", "1", "3"])
+                      "--epochs", "5", "--lr", "0.02", "--compile", "--no-amp", "--keep-epochs", "1", "3",
+                      "--filter-radius", "0.1", "--max-lr-drops", "3"])
+    assert (cfg.filter_radius, cfg.max_lr_drops, cfg.min_lr) == (0.1, 3, 0.0)
     assert (cfg.arch, cfg.epochs, cfg.lr, cfg.compile, cfg.amp, cfg.keep_epochs) == ("krizhevsky", 5, 0.02, True,
                                                                                         False, (1, 3))
     assert cfg.batch_size == 128 and cfg.momentum == 0.9 and cfg.init == "normal"  # the paper's defaults
@@ -288,3 +415,36 @@ def test_endless_runs_epoch_after_epoch():
             yield epoch, "b"
 
     assert list(islice(endless(TwoBatches()), 5)) == [(1, "a"), (1, "b"), (2, "a"), (2, "b"), (3, "a")]
+
+
+# ---- benchmarks/init_study.py on the CPU
+
+
+def _init_study():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "init_study.py"
+    spec = importlib.util.spec_from_file_location("init_study", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_init_study_prints_a_row_per_recipe_and_writes_json(data, tmp_path, capsys):
+    study = _init_study()
+    args = ["--shards", str(data / "train"), "--val-shards", str(data / "val"), "--mean", str(data / "pixel_mean.npy"),
+            "--out", str(tmp_path / "runs"), "--epochs", "2", "--recipes", "kaiming", "normal+radius",
+            "--json", str(tmp_path / "rows.json"), "--set", "width=0.0625", "crop=64", "batch_size=8", "device=cpu",
+            "warmup_epochs=0", "final_train_error=false"]
+    rows = study.main(args)
+    assert [r["recipe"] for r in rows] == ["kaiming", "normal+radius"]
+    assert all(r["epochs_run"] == 2 and 0 <= r["conv1_hf_median"] <= 1 for r in rows)
+    saved = json.loads((tmp_path / "runs" / "normal+radius" / "result.json").read_text())
+    assert rows[1]["val_top1_10crop"] == saved["val_10crop_top1_err"]
+    assert load_checkpoint(tmp_path / "runs" / "normal+radius" / "last.pt")["train_config"]["filter_radius"] == 0.1
+    assert json.loads((tmp_path / "rows.json").read_text()) == rows
+    out = capsys.readouterr().out
+    assert "| recipe | val_top1_center |" in out and "| normal+radius | " in out
+    with pytest.raises(SystemExit, match="--set 'widht=1'"):
+        study.main(args[:-6] + ["widht=1"])

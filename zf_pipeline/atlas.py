@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import html
 import logging
-import re
-import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +31,8 @@ from PIL import Image
 from torch import nn
 
 from zf_pipeline.analysis.evolution import Evolution
+from zf_pipeline.analysis.filters import high_frequency_share
+from zf_pipeline.atlas_html import GOTO_JS, KEYS_JS, copy_png, figure, img, page, table_html, wide, write_page
 from zf_pipeline.deconv import DEFAULT_NORM, Norm
 from zf_pipeline.io import atomic_path
 from zf_pipeline.models.zfnet import CONV_LAYERS, receptive_field
@@ -53,38 +53,6 @@ TOP9_COLUMNS = ("layer", "channel", "rank", "image_id", "value", "y", "x")
 TILE = 96  # largest stored side of a projection / patch tile (smaller receptive fields are stored as they are)
 THUMB_TILE = 20  # side of each of the nine projections in a layer page's thumbnail
 DISPLAY = 112  # CSS side of a tile on a unit page
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-CSS = """
-body{font:14px/1.4 system-ui,sans-serif;margin:1.2em;color:#222;background:#fafafa}
-a{color:#0550ae;text-decoration:none}a:hover{text-decoration:underline}
-nav{margin-bottom:1em}nav a{margin-right:1em}
-h1{font-size:1.4em;margin:.2em 0}h2{font-size:1.1em;margin:1.2em 0 .4em}
-.maps{display:flex;flex-wrap:wrap;gap:6px}
-.maps a{display:flex;flex-direction:column;align-items:center;font-size:11px;color:#444}
-.maps img,.grid img{image-rendering:pixelated;background:#808080}
-.grid{display:grid;grid-template-columns:repeat(3,auto);gap:6px;justify-content:start}
-figure{margin:0}figcaption{font-size:11px;color:#444;max-width:112px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
-.pair{display:flex;flex-wrap:wrap;gap:2.5em}
-.wide img{max-width:100%}
-table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
-th{background:#eee}td:first-child,th:first-child{text-align:left}
-"""
-
-# Left / right arrow keys walk through the feature maps of a layer (links carry rel=prev / rel=next).
-KEYS_JS = """
-document.addEventListener('keydown',function(e){
-  var a=document.querySelector(e.key==='ArrowLeft'?'a[rel=prev]':e.key==='ArrowRight'?'a[rel=next]':null);
-  if(a)location.href=a.getAttribute('href');});
-"""
-
-# "Go to map": jump to a feature map of this layer by its channel number.
-GOTO_JS = """
-document.getElementById('goto').addEventListener('submit',function(e){
-  e.preventDefault();var c=parseInt(this.elements.c.value,10),a=document.getElementById('m'+c);
-  if(a)location.href=a.getAttribute('href');else this.elements.c.value='no map '+this.elements.c.value;});
-"""
-
 
 @dataclass
 class AtlasExtras:
@@ -160,7 +128,8 @@ def build_atlas(
         summaries = []
         for layer in layers:
             units = _units(rows, layer, maps)
-            summaries.append(_write_layer(site, model, layer, units, rows, source, mean, norm, tile, maps_per_pass, extras))
+            summaries.append(_write_layer(site, model, layer, units, rows, source, mean, norm, tile, maps_per_pass,
+                                          extras))
         has_figures, has_tables = _write_figures_page(site, extras), _write_tables_page(site, extras)
         _write_index(site, title, summaries, has_figures, has_tables)
     logger.info("atlas: %d layers written to %s", len(layers), out_dir)
@@ -176,7 +145,8 @@ def _checked_rows(top9_rows: object) -> list[dict]:
         raise ValueError("the top-9 table is empty: nothing to put in the atlas")
     missing = [c for c in TOP9_COLUMNS if c not in rows[0]]
     if missing:
-        raise ValueError(f"the top-9 table lacks columns {missing}; expected {list(TOP9_COLUMNS)}, got {sorted(rows[0])}")
+        raise ValueError(f"the top-9 table lacks columns {missing}; expected {list(TOP9_COLUMNS)}, "
+                         f"got {sorted(rows[0])}")
     return rows
 
 
@@ -186,7 +156,8 @@ def _layers(model: nn.Module, rows: list[dict], layers: Sequence[str] | None) ->
     if layers is None:
         chosen = [layer for layer in in_model if layer in present]
         if not chosen:
-            raise ValueError(f"the top-9 table holds no convolutional layer of this model {in_model}; it has {sorted(present)}")
+            raise ValueError(f"the top-9 table holds no convolutional layer of this model {in_model}; "
+                             f"it has {sorted(present)}")
         return chosen
     for layer in layers:
         if layer not in in_model:
@@ -231,56 +202,8 @@ def _units(rows: list[dict], layer: str, maps: int | Mapping[str, Sequence[int]]
 # ---------------------------------------------------------------- pages
 
 
-def _page(title: str, body: str, nav: Sequence[tuple[str, str]] = (), script: str = "") -> str:
-    links = "".join(f'<a href="{href}"{rel}>{html.escape(text)}</a>' for href, text, rel in _nav(nav))
-    js = f"<script>{script}</script>" if script else ""
-    return (
-        f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
-        f'<meta name="viewport" content="width=device-width,initial-scale=1">'
-        f"<title>{html.escape(title)}</title><style>{CSS}</style></head>\n"
-        f"<body><nav>{links}</nav>\n<h1>{html.escape(title)}</h1>\n{body}\n{js}</body></html>\n"
-    )
-
-
-def _nav(nav: Sequence[tuple[str, str]]) -> list[tuple[str, str, str]]:
-    """(href, text) pairs; the texts "previous" / "next" get rel=prev / rel=next for the arrow keys."""
-    rel = {"previous": ' rel="prev"', "next": ' rel="next"'}
-    return [(href, text, rel.get(text.split(" ")[0], "")) for href, text in nav]
-
-
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-
-
-def _img(src: str, alt: str, side: int, lazy: bool = False) -> str:
-    loading = ' loading="lazy"' if lazy else ""
-    return f'<img src="{src}" alt="{html.escape(alt)}" width="{side}" height="{side}"{loading}>'
-
-
-def _figure(src: str, alt: str, caption: str, side: int) -> str:
-    caption = html.escape(caption)
-    return f'<figure>{_img(src, alt, side)}<figcaption title="{caption}">{caption}</figcaption></figure>'
-
-
-def _wide(src: str, title: str) -> str:
-    return f'<h2>{html.escape(title)}</h2><div class="wide"><img src="{src}" alt="{html.escape(title)}"></div>'
-
-
 def _unit_name(channel: int) -> str:
     return f"u{channel:04d}"
-
-
-def _copy_png(src: str | Path, dst: Path) -> str:
-    src = Path(src)
-    if not src.is_file():
-        raise FileNotFoundError(f"atlas figure {src} does not exist (expected a PNG file)")
-    with src.open("rb") as f:
-        if f.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE:
-            raise ValueError(f"atlas figure {src} is not a PNG file")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, dst)
-    return dst.name
 
 
 def _thumbnail(projections: torch.Tensor) -> Image.Image:
@@ -317,10 +240,14 @@ def _write_layer(
     evolved = _write_evolution(folder, layer, rf, extras.evolution, {u.channel for u in units})
     figures = {"Fig. 3: evolution of the strongest projection over training": "evolution.png"} if evolved else {}
     for k, (name, png) in enumerate(extras.layer_figures.get(layer, {}).items()):
-        figures[name] = _copy_png(png, folder / "img" / f"figure{k}.png")
+        figures[name] = copy_png(png, folder / "img" / f"figure{k}.png")
+    # layer 1's filter quality: noise keeps its power above 0.25 cycles/pixel, edges and blobs do not
+    hf = high_frequency_share(model.get_submodule("conv1").weight) if layer == "conv1" else None
     for i, unit in enumerate(units):
-        _write(folder / f"{_unit_name(unit.channel)}.html", _unit_page(layer, units, i, rf, units[i].channel in evolved))
-    _write(folder / "index.html", _layer_page(layer, units, rf, figures))
+        hf_unit = None if hf is None else float(hf[unit.channel])
+        write_page(folder / f"{_unit_name(unit.channel)}.html",
+                   _unit_page(layer, units, i, rf, units[i].channel in evolved, hf_unit))
+    write_page(folder / "index.html", _layer_page(layer, units, rf, figures, hf))
     return {"layer": layer, "maps": len(units), "rf": rf, "top": max(u.top for u in units)}
 
 
@@ -355,24 +282,37 @@ def _write_evolution(
     return evolved
 
 
-def _layer_page(layer: str, units: list[_Unit], rf: tuple[int, int, int], figures: Mapping[str, str]) -> str:
+def _layer_page(layer: str, units: list[_Unit], rf: tuple[int, int, int], figures: Mapping[str, str],
+                hf: torch.Tensor | None = None) -> str:
     side = 3 * THUMB_TILE + 2 * GAP
     cells = "".join(
         f'<a id="m{u.channel}" href="{_unit_name(u.channel)}.html" title="map {u.channel}: top activation {u.top:.3g}">'
-        f'{_img(f"img/{_unit_name(u.channel)}_thumb.png", f"{layer} map {u.channel}", side, lazy=True)}{u.channel}</a>'
+        f'{img(f"img/{_unit_name(u.channel)}_thumb.png", f"{layer} map {u.channel}", side, lazy=True)}{u.channel}</a>'
         for u in units
     )
     body = (
         f'<p>{len(units)} feature maps; each thumbnail shows the deconvnet projections of its top 9 activations. '
         f'Receptive field {rf[0]} px, stride {rf[1]} px. Use the arrow keys on a map\'s page to walk the layer.</p>'
         f'<form id="goto">Go to map <input name="c" size="8" inputmode="numeric"> <button>go</button></form>'
-        + "".join(_wide(f"img/{src}", name) for name, src in figures.items())
+        + _filter_quality(hf)
+        + "".join(wide(f"img/{src}", name) for name, src in figures.items())
         + f'<h2>Feature maps</h2><div class="maps">{cells}</div>'
     )
-    return _page(f"Layer {layer.removeprefix('conv')} ({layer})", body, [("../index.html", "atlas")], GOTO_JS)
+    return page(f"Layer {layer.removeprefix('conv')} ({layer})", body, [("../index.html", "atlas")], GOTO_JS)
 
 
-def _unit_page(layer: str, units: list[_Unit], i: int, rf: tuple[int, int, int], has_evolution: bool) -> str:
+def _filter_quality(hf: torch.Tensor | None) -> str:
+    """The layer-1 page's line on its filters' high-frequency share (:mod:`zf_pipeline.analysis.filters`)."""
+    if hf is None:
+        return ""
+    p25, median, p75 = hf.nanquantile(torch.tensor([0.25, 0.5, 0.75])).tolist()
+    return (f'<p id="filter-quality">Filter quality: the median high-frequency share of the {len(hf)} filters is '
+            f'<b>{median:.2f}</b> (quartiles {p25:.2f}-{p75:.2f}), the share of a filter\'s spectral power above '
+            f'0.25 cycles/pixel. White noise scores 0.80, a smooth edge about 0.15.</p>')
+
+
+def _unit_page(layer: str, units: list[_Unit], i: int, rf: tuple[int, int, int], has_evolution: bool,
+               hf: float | None = None) -> str:
     unit = units[i]
     name = _unit_name(unit.channel)
     entries = unit.entries + [None] * (9 - len(unit.entries))
@@ -382,7 +322,8 @@ def _unit_page(layer: str, units: list[_Unit], i: int, rf: tuple[int, int, int],
 
     def grid(kind: str, what: str, heading: str) -> str:
         figs = "".join(
-            _figure(f"img/{name}_{kind}{k + 1}.png", f"{what} {k + 1} of {layer} map {unit.channel}", caption(e), DISPLAY)
+            figure(f"img/{name}_{kind}{k + 1}.png", f"{what} {k + 1} of {layer} map {unit.channel}", caption(e),
+                   DISPLAY)
             for k, e in enumerate(entries)
         )
         return f'<div><h2>{heading}</h2><div class="grid {kind}">{figs}</div></div>'
@@ -398,19 +339,21 @@ def _unit_page(layer: str, units: list[_Unit], i: int, rf: tuple[int, int, int],
         f'Captions: rank, activation, image id.</p>'
     )
     if layer == "conv1":
-        body += f'<h2>Filter</h2>{_img(f"img/{name}_filter.png", f"conv1 filter {unit.channel}", DISPLAY)}'
-    body += f'<div class="pair">{grid("p", "projection", "Projections")}{grid("i", "image patch", "Image patches")}</div>'
+        share = "" if hf is None else f" (high-frequency share {hf:.2f}; white noise 0.80)"
+        body += f'<h2>Filter{share}</h2>{img(f"img/{name}_filter.png", f"conv1 filter {unit.channel}", DISPLAY)}'
+    pair = grid("p", "projection", "Projections") + grid("i", "image patch", "Image patches")
+    body += f'<div class="pair">{pair}</div>'
     if has_evolution:
-        body += _wide(f"img/{name}_evolution.png", "Evolution over training (Fig. 3)")
-    return _page(f"{layer} map {unit.channel}", body, nav, KEYS_JS)
+        body += wide(f"img/{name}_evolution.png", "Evolution over training (Fig. 3)")
+    return page(f"{layer} map {unit.channel}", body, nav, KEYS_JS)
 
 
 def _write_figures_page(site: Path, extras: AtlasExtras) -> bool:
     if not extras.figures:
         return False
-    parts = [_wide(f"figures/{_copy_png(png, site / 'figures' / f'figure{k}.png')}", name)
+    parts = [wide(f"figures/{copy_png(png, site / 'figures' / f'figure{k}.png')}", name)
              for k, (name, png) in enumerate(extras.figures.items())]
-    _write(site / "figures.html", _page("Figures", "".join(parts), [("index.html", "atlas")]))
+    write_page(site / "figures.html", page("Figures", "".join(parts), [("index.html", "atlas")]))
     return True
 
 
@@ -418,7 +361,7 @@ def _write_tables_page(site: Path, extras: AtlasExtras) -> bool:
     if not extras.tables:
         return False
     parts = [f"<h2>{html.escape(name)}</h2>{table_html(text)}" for name, text in extras.tables.items()]
-    _write(site / "tables.html", _page("Tables", "".join(parts), [("index.html", "atlas")]))
+    write_page(site / "tables.html", page("Tables", "".join(parts), [("index.html", "atlas")]))
     return True
 
 
@@ -431,43 +374,11 @@ def _write_index(site: Path, title: str, summaries: list[dict], has_figures: boo
     body = (
         "<p>Feature visualization after Zeiler &amp; Fergus (2014), section 4: for each feature map, its top 9 "
         "activations projected to pixel space with the deconvnet, beside the image patches that caused them.</p>"
-        f"<table><tr><th>layer</th><th>maps</th><th>receptive field / stride</th><th>top activation</th></tr>{lines}</table>"
+        "<table><tr><th>layer</th><th>maps</th><th>receptive field / stride</th><th>top activation</th></tr>"
+        f"{lines}</table>"
     )
     nav = [("figures.html", "figures")] * has_figures + [("tables.html", "tables")] * has_tables
-    _write(site / "index.html", _page(title, body, nav))
-
-
-# ---------------------------------------------------------------- tables
-
-_SEPARATOR = re.compile(r"^\|?\s*:?-+:?\s*(\|\s*:?-+:?\s*)*\|?$")
-
-
-def table_html(text: str) -> str:
-    """A table for the atlas: HTML (starting with ``<``) as it is; markdown pipe tables converted, other
-    markdown lines as escaped paragraphs."""
-    if text.lstrip().startswith("<"):
-        return text
-    out, table = [], []
-    for line in text.strip().splitlines() + [""]:
-        if line.strip().startswith("|"):
-            table.append(line.strip())
-            continue
-        if table:
-            out.append(_pipe_table(table))
-            table = []
-        if line.strip():
-            out.append(f"<p>{html.escape(line.strip())}</p>")
-    return "".join(out)
-
-
-def _pipe_table(lines: list[str]) -> str:
-    def cells(line: str) -> list[str]:
-        return [html.escape(c.strip()) for c in line.strip().strip("|").split("|")]
-
-    head, rows = cells(lines[0]), [cells(line) for line in lines[1:] if not _SEPARATOR.match(line)]
-    thead = "".join(f"<th>{c}</th>" for c in head)
-    tbody = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><tr>{thead}</tr>{tbody}</table>"
+    write_page(site / "index.html", page(title, body, nav))
 
 
 __all__ = ["AtlasExtras", "TOP9_COLUMNS", "build_atlas", "table_html"]

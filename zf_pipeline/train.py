@@ -30,12 +30,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from zf_pipeline.analysis.filters import median_high_frequency_share
 from zf_pipeline.data.loader import crop_draws, crop_flip, epoch_seed, load_mean, make_source, open_split
 from zf_pipeline.distributed import dist_env
 from zf_pipeline.evaluate import predict, topk_correct
 from zf_pipeline.io import atomic_path, write_bytes_atomic
 from zf_pipeline.models.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
-from zf_pipeline.models.zfnet import ZFNet, build, variant
+from zf_pipeline.models.zfnet import ZFNet, build, init_weights, variant
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +65,25 @@ class TrainConfig:
     # and suits short runs.
     init: str = "normal"
     init_std: float = 1e-2
+    # conv1 alone from N(0, conv1_init_std^2), zero bias, whatever `init` gave it (None: as `init`). Small
+    # layer-1 weights on larger inputs (input_scale) move fast relative to their start noise: smooth filters.
+    conv1_init_std: float | None = None
     schedule: str = "plateau"  # 'plateau': lr x lr_factor when val top-1 stops improving; 'cosine': to 0 per step
     lr_factor: float = 0.1
     patience: int = 5  # epochs without a val top-1 improvement before the lr drops
+    min_lr: float = 0.0  # plateau drops stop at this floor (0: none)
+    # The run ends at its N-th plateau (None: runs all epochs), a plateau at the floor counting as a drop;
+    # with lr_factor 0.1, no floor and N = 3 the last epochs train at lr / 100.
+    max_lr_drops: int | None = None
     # Linear lr ramp over the first epochs (Goyal et al. 2017), per step; 0: none (the paper). Without
     # normalization layers, full-size first steps can kill a net on a small split (docs/results/reproduction.md).
     warmup_epochs: int = 0
     crop: int = 224  # random crop side (the demo: 112 of 128)
     input_scale: float = 1.0  # multiplies (pixel - mean); the paper feeds raw 0..255 differences
+    # After every step each conv filter whose RMS exceeds this radius is scaled back to it (None: off). The
+    # paper's ECCV text uses 1e-1 for inputs spanning about [-128, 128], i.e. input_scale 1; conv1 computes
+    # w . (s x), so at input_scale s the same layer-1 constraint is a radius of 1e-1 / s (6.4 at s = 1/64).
+    filter_radius: float | None = None
     seed: int = 0
     device: str = "auto"  # 'auto' = cuda if available
     # 'cache' (decode once, keep on the device), 'stream' (decode every epoch in `workers` processes) or
@@ -114,13 +126,31 @@ def kaiming_init(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+def initialize(net: ZFNet, cfg: TrainConfig) -> None:
+    """The start ``cfg`` asks for: N(0, init_std^2) (``build`` drew it) or He for every layer, then conv1
+    from N(0, conv1_init_std^2) when set."""
+    if cfg.init == "kaiming":
+        kaiming_init(net)
+    elif cfg.init != "normal":
+        raise ValueError(f"init must be 'normal' or 'kaiming', not {cfg.init!r}")
+    if cfg.conv1_init_std is not None:
+        with torch.random.fork_rng(devices=[]):  # the global stream (dropout) stays as without the option
+            torch.manual_seed(cfg.seed)
+            init_weights(net.get_submodule("conv1"), cfg.conv1_init_std)
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int):
     """SGD with momentum and weight decay (fused kernels on the GPU), and the lr schedule."""
     cuda = next(model.parameters()).is_cuda
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                           fused=cuda or None)
     if cfg.schedule == "plateau":
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.lr_factor, patience=cfg.patience)
+        if cfg.min_lr > cfg.lr:
+            raise ValueError(f"min_lr {cfg.min_lr} is above the starting lr {cfg.lr}")
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.lr_factor, patience=cfg.patience,
+                                                           min_lr=cfg.min_lr)
+    elif cfg.min_lr or cfg.max_lr_drops is not None:
+        raise ValueError(f"min_lr and max_lr_drops bound the plateau schedule's drops, not {cfg.schedule!r}")
     elif cfg.schedule == "cosine":
         total = max(1, cfg.epochs * steps_per_epoch)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
@@ -129,8 +159,31 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int):
     return opt, sched
 
 
-def make_step(model: nn.Module, opt: torch.optim.Optimizer, amp: bool) -> Callable:
-    """One SGD step ``step(x, y) -> (loss, logits)`` under bf16 autocast when ``amp``."""
+@torch.no_grad()
+def renormalize_filters(weights: list[torch.Tensor], radius: float) -> None:
+    """Section 3.1 (ECCV text): every filter (output channel) whose RMS exceeds ``radius`` is scaled back to it.
+
+    Vectorized over the filters of each layer (a norm, a clamp, a multiply); the others are multiplied
+    by exactly 1, so they stay bitwise as they were.
+    """
+    for w in weights:
+        # RMS > radius  <=>  ||w||_2 > radius * sqrt(fan-in)
+        limit = radius * math.sqrt(w[0].numel())
+        w.mul_((limit / torch.linalg.vector_norm(w, dim=(1, 2, 3), keepdim=True)).clamp_(max=1.0))
+
+
+def filter_renormalizer(model: nn.Module, radius: float, compile: bool = False) -> Callable[[], None]:
+    """``renorm()`` applying :func:`renormalize_filters` to every conv layer of ``model`` (one fused graph
+    per layer when ``compile``)."""
+    weights = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d)]
+    fn = torch.compile(renormalize_filters) if compile else renormalize_filters
+    return lambda: fn(weights, radius)
+
+
+def make_step(model: nn.Module, opt: torch.optim.Optimizer, amp: bool,
+              after_update: Callable[[], None] | None = None) -> Callable:
+    """One SGD step ``step(x, y) -> (loss, logits)`` under bf16 autocast when ``amp``; ``after_update()``
+    runs right after the optimizer's update (filter renormalization)."""
 
     def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.autocast(x.device.type, torch.bfloat16) if amp else nullcontext():
@@ -139,6 +192,8 @@ def make_step(model: nn.Module, opt: torch.optim.Optimizer, amp: bool) -> Callab
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if after_update is not None:
+            after_update()
         return loss.detach(), logits.detach()
 
     return step
@@ -221,10 +276,11 @@ def train(cfg: TrainConfig) -> RunResult:
     mean = load_mean(cfg.mean, split.size).to(device)
     arch = variant(cfg.arch, num_classes=len(split.classes), width=cfg.width, input_size=cfg.crop)
     net = build(arch, init_std=cfg.init_std, seed=cfg.seed)
-    if cfg.init == "kaiming":
-        kaiming_init(net)
-    elif cfg.init != "normal":
-        raise ValueError(f"init must be 'normal' or 'kaiming', not {cfg.init!r}")
+    initialize(net, cfg)
+    if cfg.filter_radius is not None and not cfg.filter_radius > 0:
+        raise ValueError(f"filter_radius must be a positive RMS (or None: off), not {cfg.filter_radius!r}")
+    if cfg.max_lr_drops is not None and cfg.max_lr_drops < 1:
+        raise ValueError(f"max_lr_drops must be at least 1 (or None: no limit), not {cfg.max_lr_drops!r}")
     net = net.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
 
     src = dict(mode=cfg.loader, seed=cfg.seed, workers=cfg.workers, rank=rank, world_size=world, device=device,
@@ -249,17 +305,20 @@ def train(cfg: TrainConfig) -> RunResult:
         set_rng_state({"cpu": rng["cpu"].cpu(), **({"cuda": [t.cpu() for t in rng["cuda"]]} if "cuda" in rng else {})})
         start, metrics = state["epoch"], state["metrics"]
         log.info("resumed %s at epoch %d", last, start)
+    drops = metrics[-1].get("lr_drops", 0) if metrics else 0
+    stopped = cfg.max_lr_drops is not None and drops >= cfg.max_lr_drops  # a resumed run that had ended
 
     model: nn.Module = net
     if world > 1:
         model = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         model = torch.compile(model)
-    step = make_step(model, opt, amp)
+    renorm = filter_renormalizer(net, cfg.filter_radius, cfg.compile) if cfg.filter_radius else None
+    step = make_step(model, opt, amp, renorm)
     # compiled, Section 3.1's crop / flip / mean subtraction is one fused gather kernel instead of ~8 eager ones
     augment = torch.compile(crop_flip, dynamic=False) if cfg.compile else crop_flip
 
-    end = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, start + cfg.stop_after)
+    end = start if stopped else cfg.epochs if cfg.stop_after is None else min(cfg.epochs, start + cfg.stop_after)
     t_run = time.perf_counter()
     for epoch in range(start, end):
         model.train()
@@ -293,7 +352,11 @@ def train(cfg: TrainConfig) -> RunResult:
         val = _errors(net, val_src, mean, cfg, "center", amp)
         lr = opt.param_groups[0]["lr"]
         if cfg.schedule == "plateau" and epoch + 1 > cfg.warmup_epochs:  # no drop while still ramping up
+            best = sched.best
             sched.step(val["top1_err"])
+            # a plateau resets the bad-epoch count without a new best: a drop, or one the floor held back
+            drops += int(sched.num_bad_epochs == 0 and sched.best == best)
+            stopped = cfg.max_lr_drops is not None and drops >= cfg.max_lr_drops
         metrics.append({
             "epoch": epoch + 1,
             "train_loss": tot_loss / tot_seen,
@@ -301,6 +364,8 @@ def train(cfg: TrainConfig) -> RunResult:
             "val_top1_err": val["top1_err"],
             "val_top5_err": val["top5_err"],
             "lr": lr,
+            "lr_drops": drops,
+            "conv1_hf_median": median_high_frequency_share(net),
             "img_per_s": tot_seen / epoch_s,
             "epoch_s": epoch_s,
             "wall_s": time.perf_counter() - t_run,
@@ -312,19 +377,24 @@ def train(cfg: TrainConfig) -> RunResult:
                      m["val_top5_err"], lr, m["img_per_s"])
             # A full checkpoint is ~0.8 GB at full width: short runs on small splits spend most of an
             # epoch writing it, hence checkpoint_every (a killed run resumes from the last one written).
-            if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 in (end, *cfg.keep_epochs):
+            if (epoch + 1) % cfg.checkpoint_every == 0 or stopped or epoch + 1 in (end, *cfg.keep_epochs):
                 save_checkpoint(last, net, arch, epoch=epoch + 1, optimizer=opt, scheduler=sched,
                                 train_config=cfg.to_dict(), metrics=metrics)
             if epoch + 1 in cfg.keep_epochs:
                 with atomic_path(out / f"epoch_{epoch + 1:03d}.pt") as tmp:
                     shutil.copyfile(last, tmp)
             write_metrics(out, metrics)
+        if stopped:
+            log.info("the lr dropped %d times (max_lr_drops): the run ends at epoch %d", drops, epoch + 1)
+            break
 
     final: dict = {}
-    if end == cfg.epochs:
+    if stopped or end == cfg.epochs:
         final = _final(net, val_src, train_split_src(split, cfg, src), mean, cfg, amp)
         if rank == 0:
-            final.update(arch=cfg.arch, epochs=cfg.epochs, images_train=split.num_images, images_val=val_split.num_images)
+            final.update(arch=cfg.arch, epochs=cfg.epochs, epochs_run=len(metrics), lr_drops=drops,
+                         conv1_hf_median=median_high_frequency_share(net), images_train=split.num_images,
+                         images_val=val_split.num_images)
             write_bytes_atomic(out / "result.json", json.dumps(final, indent=1).encode())
             if metrics:
                 plot_learning_curve(metrics, out / "learning_curve.png", f"{cfg.arch} on {Path(cfg.shards).resolve().parent.name}")
@@ -363,7 +433,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         elif f.name == "keep_epochs":
             p.add_argument(flag, type=int, nargs="*", default=f.default)
         else:
-            kind = {"int": int, "float": float, "int | None": int}.get(f.type, str)
+            kind = {"int": int, "float": float, "int | None": int, "float | None": float}.get(f.type, str)
             p.add_argument(flag, type=kind, required=required, default=None if required else f.default)
     ns = vars(p.parse_args(argv))
     ns["keep_epochs"] = tuple(ns["keep_epochs"])
