@@ -114,6 +114,10 @@ def shard_asset(name: str, kind: str, split: str, description: str) -> dg.Assets
             "seed": config.seed,
         }
         context.log.info(f"{name}: {len(images)} images of {len(images.classes)} classes from {root}")
+        if settings.demo and settings.dataset_root(kind):
+            context.log.info(f"{name}: your images are sharded at the demo's {size} px, the size the demo-trained "
+                             f"network sees (no ZF_IMAGENET_ROOT); with ImageNet set, at the paper's {PAPER_SIZE} px "
+                             "(docs/datasets.md, 'Real target data on the demo network')")
         record = cached_stage(
             settings.out,
             name,

@@ -6,7 +6,6 @@ number traces to its images; C is chosen by cross-validation inside each split's
 "Non-pretrained" rows train the same network from scratch on each split's training images.
 """
 
-import dataclasses
 import os
 from pathlib import Path
 
@@ -16,16 +15,15 @@ import pyarrow.parquet as pq
 
 from assets.cache import cached_stage, code_version, fingerprint
 from assets.features import layer_deps
-from assets.metadata import image_md
+from assets.metadata import image_md, publish_table
 from assets.resources import ZFSettings
 from assets.training import TRAIN_CODE
-from zf_pipeline import evaluate, train, transfer
-from zf_pipeline.data import loader, pixel_mean, readers, shards
-from zf_pipeline.data.records import ImageSet
+from zf_pipeline import transfer
+from zf_pipeline.data import loader, readers
 from zf_pipeline.io import write_table
-from zf_pipeline.transfer import loading, probes, protocol, splits, tables
+from zf_pipeline.transfer import loading, probes, protocol, scratch, splits, tables
 
-TRANSFER_CODE = code_version(loading, probes, protocol, splits, tables)
+TRANSFER_CODE = code_version(loading, probes, protocol, scratch, splits, tables)
 TABLE7_PROBES = list(tables.PAPER_TABLE7)  # (classifier, layer): SVM on layers 1-5 and 7, softmax on 5 and 7
 
 
@@ -84,12 +82,10 @@ def pretrained_runs(
 
 
 def _publish(context: dg.AssetExecutionContext, settings: ZFSettings, name: str, table: pa.Table, md: str, extra: dict) -> dict:
-    paths = write_table(table, settings.out / name / name)
-    context.add_output_metadata({"table": dg.MetadataValue.md(md), "parquet": dg.MetadataValue.path(str(paths[0])),
-                                 "csv": dg.MetadataValue.path(str(paths[1]))})
+    record = publish_table(context, settings.out / name, name, table, md)
     # A table is as new as the cached stages it summarizes: their fingerprints make its own.
     stages = {d: r["fingerprint"] for d, r in extra.get("stages", {}).items()}
-    return {"path": str(paths[0]), "csv": str(paths[1]), "markdown": md, "fingerprint": fingerprint(name, md, stages), **extra}
+    return {**record, "fingerprint": fingerprint(name, md, stages), **extra}
 
 
 def _check_runs(record: dict, layers: list[str]) -> list[str]:
@@ -130,7 +126,8 @@ def table7_asset(datasets: list[str]) -> dg.AssetsDefinition:
         over splits, beside the paper's numbers."""
         records = {d: pretrained_runs(context, settings, config, f"table7_{d}", features[d], TABLE7_PROBES,
                                       [tables.TABLE7_N_TRAIN[d]]) for d in datasets}
-        table, md = transfer.table7({d: pq.read_table(r["runs"]) for d, r in records.items()})
+        names = {d: settings.dataset_name(d) for d in datasets}
+        table, md = transfer.table7({d: pq.read_table(r["runs"]) for d, r in records.items()}, names)
         png = transfer.plot_table7(table, settings.out / "table7" / "table7.png")
         out = _publish(context, settings, "table7", table, md, {"png": str(png), "stages": records})
         context.add_output_metadata({"plot": image_md(png)})
@@ -152,8 +149,8 @@ def non_pretrained_runs(
     context: dg.AssetExecutionContext, settings: ZFSettings, cfg: CaltechConfig, dataset: str, root: str,
     split_file: str, model: dict,
 ) -> list[dict]:
-    """The paper's "non-pretrained" rows: the same network trained from scratch on each split's training
-    images (same recipe as zfnet_model), scored on its test images."""
+    """The paper's "non-pretrained" rows: the same network trained from scratch on each of the first
+    ``non_pretrained_splits`` splits (cached by content per split)."""
     images = readers.open_imageset(dataset, root)
     table = pq.read_table(split_file)
     size = loader.open_split(Path(model["config"]["shards"])).size
@@ -164,37 +161,11 @@ def non_pretrained_runs(
         chosen = splits.one_split(table, n_train, index).to_pydict()
         roles = dict(zip(chosen["image_id"], chosen["role"]))
 
-        def subset(role: str) -> ImageSet:
-            return dataclasses.replace(images, split=role, records=[r for r in images.records if roles.get(r.image_id) == role])
-
         def build(out: Path) -> dict:
-            for role in ("train", "test"):
-                shards.write_shards(subset(role), out / role, size=size, progress=False)
-            mean_file = out / "pixel_mean.npy"
-            pixel_mean.save_pixel_mean(mean_file, pixel_mean.compute_pixel_mean(out / "train"))
-            base = train.TrainConfig(**{k: tuple(v) if k == "keep_epochs" else v for k, v in model["config"].items()})
-            n_images = sum(r == "train" for r in roles.values())
-            # Few classes x 15 images can be less than one batch of the recipe: then one batch is the whole split.
-            run = dataclasses.replace(base, shards=str(out / "train"), val_shards=str(out / "test"), mean=str(mean_file),
-                                      batch_size=min(base.batch_size, n_images),
-                                      out=str(out / "run"), epochs=cfg.non_pretrained_epochs or base.epochs, checkpoint_every=10,
-                                      keep_epochs=(), final_train_error=False, final_ten_crop=False, resume=True)
-            result = train.train(run)
-            data = loader.open_split(out / "test")
-            mean = loader.load_mean(mean_file, data.size).to(result.model.fc8.weight.device)
-            batches = ((x, y) for x, y, _ in loader.labelled_batches(data, 256, mean.device))
-            probs, labels = evaluate.predict(result.model, batches, mean, run.crop, "center", run.input_scale)
-            y_true, y_pred = labels.cpu().numpy(), probs.argmax(1).cpu().numpy()
-            # A net that never left chance (dead ReLUs from the first steps) is flagged, not silently averaged.
-            chance_err = 100.0 * (1 - 1 / len(images.classes))
-            learned = result.metrics[-1]["train_top1_err"] < 0.5 * chance_err
-            if not learned:
-                context.log.warning(f"non-pretrained {n_train}/class split {index}: train error stayed at "
-                                    f"{result.metrics[-1]['train_top1_err']:.1f}% (chance {chance_err:.1f}%)")
-            row = protocol.run_row(y_true, y_pred, len(images.classes), method="non-pretrained", layer="fc8",
-                                   classifier="softmax", n_train=n_train, split_index=index,
-                                   n_train_images=n_images, converged=learned)
-            return {"row": row}
+            return {"row": scratch.non_pretrained_run(images, roles, out, size=size,
+                                                      recipe=scratch.recipe_from_dict(model["config"]),
+                                                      epochs=cfg.non_pretrained_epochs, n_train=n_train,
+                                                      split_index=index)}
 
         key = [TRAIN_CODE, TRANSFER_CODE, model["fingerprint"], dataset, n_train, index, cfg.seed, cfg.non_pretrained_epochs]
         rows.append(cached_stage(settings.out, f"scratch_{dataset}", key, build, context.log.info)["row"])

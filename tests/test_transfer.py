@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -39,6 +40,7 @@ from zf_pipeline.transfer import (
 )
 from zf_pipeline.transfer import probes as probes_module
 from zf_pipeline.transfer import protocol as protocol_module
+from zf_pipeline.tables import publish
 from zf_pipeline.transfer.tables import PAPER_TABLE4, PAPER_TABLE7, TABLE7_N_TRAIN
 
 
@@ -393,6 +395,33 @@ def test_plot_table7_draws_both_datasets_and_skips_layers_not_run(tmp_path):
     assert paper_only["ours_mean"].null_count == paper_only.num_rows
     assert plot_table7(paper_only, tmp_path / "paper_only.png").read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["paper_only.png", "table7.png"]  # no temp files left
+
+
+def test_table7_names_the_target_as_the_user_does_and_flags_unconverged_fits(tmp_path):
+    X, y, ids = make_features([40] * 3, dim=8, separation=1.0)
+    splits = class_splits(ids, y, 30, max_test=10, n_splits=2)
+    runs = evaluate_splits(X, y, ids, splits, ProbeConfig(kind="svm", c_grid=(1.0, 10.0)), layer="conv5")
+    assert all(runs["converged"].to_pylist())
+    paper, md = table7({"caltech101": runs})
+    assert "caltech101 (30/class) paper" in md and "Did not converge" not in md
+    # A user's own images in the Caltech-101 layout: their name, no paper column beside them.
+    own, md = table7({"caltech101": runs}, names={"caltech101": "birds"})
+    assert set(own["dataset"].to_pylist()) == {"birds"} and own["paper_mean"].null_count == own.num_rows
+    assert "birds (30/class) ours" in md and "paper" not in md.split("\n")[2]
+    assert plot_table7(own, tmp_path / "own.png").read_bytes()[:4] == b"\x89PNG"
+    stuck = pa.Table.from_pylist([{**r, "converged": r["split_index"] != 1} for r in runs.to_pylist()], schema=runs.schema)
+    _, md = table7({"caltech101": stuck}, names={"caltech101": "birds"})
+    assert md.endswith("Did not converge, included in the means: birds: ImageNet-pretrained convnet (svm on conv5), "
+                       "30/class, split 1.")
+
+
+def test_publish_writes_a_table_where_a_reader_looks(tmp_path):
+    table = pa.table({"row": ["a", "b"], "ours_mean": [1.0, None], "per_class": [[1.0], [2.0]]})
+    record = publish(table, "| row |\n|---|", tmp_path / "table9", "table9")
+    assert record["path"] == str(tmp_path / "table9" / "table9.parquet") and pq.read_table(record["path"]).equals(table)
+    assert Path(record["csv"]).read_text().splitlines() == ['"row","ours_mean"', '"a",1', '"b",']
+    assert Path(record["md"]).read_text() == "| row |\n|---|\n" and record["markdown"] == "| row |\n|---|"
+    assert sorted(p.name for p in (tmp_path / "table9").iterdir()) == ["table9.csv", "table9.md", "table9.parquet"]
 
 
 def test_load_features_reads_fixed_size_lists(tmp_path):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from zf_pipeline.io import write_bytes_atomic, write_table
 from zf_pipeline.models.zfnet import TABLE1_PAPER
 
 # Table 2 (ImageNet 2012 classification error %): (val top-1, val top-5, test top-5); None = not given.
@@ -106,3 +107,12 @@ def table2(single: dict | None, ensemble: dict | None, replication: dict | None 
         + [("models", pa.int64())])
     table = pa.Table.from_pylist(rows, schema=schema)
     return table, markdown(table)
+
+
+def publish(table: pa.Table, markdown_text: str, folder: str | os.PathLike, name: str) -> dict[str, str]:
+    """Write a results table where a reader looks for it, ``<folder>/<name>.{parquet,csv,md}`` (each atomically),
+    the markdown as shown in the UI; returns the paths (``path``: the Parquet file) and the markdown."""
+    parquet, csv = write_table(table, Path(folder) / name)
+    md = Path(folder) / f"{name}.md"
+    write_bytes_atomic(md, (markdown_text.rstrip("\n") + "\n").encode())
+    return {"path": str(parquet), "csv": str(csv), "md": str(md), "markdown": markdown_text}

@@ -127,19 +127,21 @@ def _caltech_table(runs: pa.Table, paper: dict[str, dict[int, Score]], title: st
         lines.append([row] + [_fmt(c.get("ours_mean"), c.get("ours_std")) for c in cell]
                      + [_fmt(c.get("paper_mean"), c.get("paper_std")) for c in cell])
     return table, (f"**{title}** (mean per-class accuracy %, mean ± std over splits)\n\n" + _markdown(header, lines)
-                   + _unconverged_note(runs))
+                   + _note(_unconverged(runs)))
 
 
-def _unconverged_note(runs: pa.Table) -> str:
-    """A line naming the runs that did not converge (a probe short of its tolerance, a network trained
-    from scratch that never learned): they stay in the means, so the table says so."""
+def _unconverged(runs: pa.Table, prefix: str = "") -> list[str]:
+    """The runs that did not converge (a probe short of its tolerance, a network trained from scratch that
+    never learned), named; they stay in the means."""
     bad = [r for r in runs.select(["method", "layer", "classifier", "n_train", "split_index", "converged"]).to_pylist()
            if not r["converged"]]
-    if not bad:
-        return ""
-    names = [f"{METHOD_ROW.get(r['method'], r['method'])} ({r['classifier']} on {r['layer']}), {r['n_train']}/class, "
-             f"split {r['split_index']}" for r in bad]
-    return f"\n\nDid not converge, included in the means: {'; '.join(names)}."
+    return [f"{prefix}{METHOD_ROW.get(r['method'], r['method'])} ({r['classifier']} on {r['layer']}), "
+            f"{r['n_train']}/class, split {r['split_index']}" for r in bad]
+
+
+def _note(unconverged: list[str]) -> str:
+    """The line a table carries when some of its runs did not converge, so a table of them does not look clean."""
+    return f"\n\nDid not converge, included in the means: {'; '.join(unconverged)}." if unconverged else ""
 
 
 def table4(runs: pa.Table) -> tuple[pa.Table, str]:
@@ -175,35 +177,41 @@ def table6(voc: pa.Table) -> tuple[pa.Table, str]:
     return table, note + _markdown(header, rows)
 
 
-def table7(runs_by_dataset: dict[str, pa.Table]) -> tuple[pa.Table, str]:
+def table7(runs_by_dataset: dict[str, pa.Table], names: dict[str, str] | None = None) -> tuple[pa.Table, str]:
     """Table 7: per-layer SVM / softmax on Caltech-101 (30/class) and Caltech-256 (60/class).
 
-    ``runs_by_dataset`` maps 'caltech101' / 'caltech256' to their runs (other n_train values are ignored).
+    ``runs_by_dataset`` maps the protocol ('caltech101' / 'caltech256': which images per class) to its runs
+    (other n_train values are ignored); ``names`` maps it to what the user calls the images (default: the
+    protocol's name). The paper's numbers stand beside a dataset only when it is named as the paper's.
     """
-    records = []
+    names = {d: (names or {}).get(d, d) for d in runs_by_dataset}
+    records, notes = [], []
     for dataset, runs in runs_by_dataset.items():
         if dataset not in TABLE7_DATASETS:
             raise ValueError(f"Table 7 has datasets {TABLE7_DATASETS}, got {dataset!r}")
         runs = runs.filter(pc.equal(runs["n_train"], TABLE7_N_TRAIN[dataset]))
+        notes += _unconverged(runs, prefix=f"{names[dataset]}: ")
         ours = summarize(runs, ["classifier", "layer"])
         for (classifier, layer), paper in PAPER_TABLE7.items():
             mean, std, count = ours.get((classifier, layer), (None, None, 0))
-            paper_mean, paper_std = paper[TABLE7_DATASETS.index(dataset)]
-            records.append(dict(dataset=dataset, classifier=classifier, layer=layer, ours_mean=mean, ours_std=std,
-                                n_splits=count, paper_mean=paper_mean, paper_std=paper_std))
+            paper_mean, paper_std = paper[TABLE7_DATASETS.index(dataset)] if names[dataset] == dataset else (None, None)
+            records.append(dict(dataset=names[dataset], n_train=TABLE7_N_TRAIN[dataset], classifier=classifier,
+                                layer=layer, ours_mean=mean, ours_std=std, n_splits=count, paper_mean=paper_mean,
+                                paper_std=paper_std))
     table = pa.Table.from_pylist(records)
-    datasets = [d for d in TABLE7_DATASETS if d in runs_by_dataset]
-    header = ["classifier (layer)"]
-    header += [f"{d} ({TABLE7_N_TRAIN[d]}/class) {who}" for d in datasets for who in ("ours", "paper")]
+    columns = [(d, who) for d in TABLE7_DATASETS if d in runs_by_dataset
+               for who in (("ours", "paper") if names[d] == d else ("ours",))]
+    header = ["classifier (layer)"] + [f"{names[d]} ({TABLE7_N_TRAIN[d]}/class) {who}" for d, who in columns]
     lines = []
     for classifier, layer in PAPER_TABLE7:
         cells = {r["dataset"]: r for r in records if (r["classifier"], r["layer"]) == (classifier, layer)}
         line = [f"{'SVM' if classifier == 'svm' else 'Softmax'} ({layer})"]
-        for d in datasets:
-            c = cells[d]
-            line += [_fmt(c["ours_mean"], c["ours_std"]), _fmt(c["paper_mean"], c["paper_std"])]
+        for d, who in columns:
+            c = cells[names[d]]
+            line.append(_fmt(c[f"{who}_mean"], c[f"{who}_std"]))
         lines.append(line)
-    return table, "**Table 7: per-layer linear classifiers** (mean per-class accuracy %)\n\n" + _markdown(header, lines)
+    return table, ("**Table 7: per-layer linear classifiers** (mean per-class accuracy %)\n\n" + _markdown(header, lines)
+                   + _note(notes))
 
 
 def fig7(runs: pa.Table) -> tuple[pa.Table, str]:
@@ -263,10 +271,10 @@ def plot_fig7(curve: pa.Table, path: str | os.PathLike) -> Path:
 
 def plot_table7(table: pa.Table, path: str | os.PathLike) -> Path:
     """Draw :func:`table7` as accuracy against depth, one panel per dataset, to a PNG written atomically:
-    ours (mean +- std over splits) as lines, the paper's as dashed crosses of the same colour.
-    (classifier, layer) pairs we did not run (``ours_mean`` None) are left out of our lines."""
+    ours (mean +- std over splits) as lines, the paper's (for the paper's datasets) as dashed crosses of the
+    same colour. (classifier, layer) pairs we did not run (``ours_mean`` None) are left out of our lines."""
     rows = table.to_pylist()
-    datasets = [d for d in TABLE7_DATASETS if any(r["dataset"] == d for r in rows)]
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     classifiers = list(dict.fromkeys(classifier for classifier, _ in PAPER_TABLE7))
     with _png(path, ncols=len(datasets), figsize=(5 * len(datasets), 4), squeeze=False, sharey=True) as axes:
         for ax, dataset in zip(axes[0], datasets):
@@ -277,12 +285,14 @@ def plot_table7(table: pa.Table, path: str | os.PathLike) -> Path:
                     ax.errorbar([TABLE7_LAYERS.index(r["layer"]) for r in ran], [r["ours_mean"] for r in ran],
                                 yerr=[r["ours_std"] for r in ran], color=f"C{i}", marker="o", markersize=3,
                                 capsize=2, label=f"ours, {classifier}")
-                ax.plot([TABLE7_LAYERS.index(r["layer"]) for r in part], [r["paper_mean"] for r in part], "x--",
-                        color=f"C{i}", label=f"paper, {classifier}")
+                paper = [r for r in part if r["paper_mean"] is not None]
+                if paper:
+                    ax.plot([TABLE7_LAYERS.index(r["layer"]) for r in paper], [r["paper_mean"] for r in paper], "x--",
+                            color=f"C{i}", label=f"paper, {classifier}")
             ax.set_xticks(range(len(TABLE7_LAYERS)), TABLE7_LAYERS)
             ax.set_xlabel("layer")
             ax.set_ylim(0, 100)
-            ax.set_title(f"{dataset}, {TABLE7_N_TRAIN[dataset]} train/class")
+            ax.set_title(f"{dataset}, {next(r['n_train'] for r in rows if r['dataset'] == dataset)} train/class")
             ax.legend(fontsize=7)
         axes[0][0].set_ylabel("mean per-class accuracy (%)")
     return Path(path)
