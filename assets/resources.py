@@ -24,9 +24,8 @@ from typing import Any
 
 import dagster as dg
 
-from assets.cache import read_record, write_record
 from zf_pipeline.data.readers import ROOT_ENV
-from zf_pipeline.io import folder_lock
+from zf_pipeline.io import folder_lock, read_record, write_record
 
 
 def check_device(device: str) -> str:

@@ -16,7 +16,13 @@ from assets.metadata import image_md, record_md
 from assets.resources import ZFSettings
 from zf_pipeline import atlas as atlas_site
 from zf_pipeline import deconv, render
-from zf_pipeline.analysis import correspondence, evolution, inputs, invariance, occlusion
+from zf_pipeline.analysis import (
+    correspondence,
+    evolution,
+    inputs,
+    invariance,
+    occlusion,
+)
 from zf_pipeline.analysis.inputs import ValImages, one_per_class, part_images
 from zf_pipeline.io import write_table
 from zf_pipeline.models import CONV_LAYERS, checkpoint, receptive_field
@@ -92,7 +98,7 @@ def fig3(context: dg.AssetExecutionContext, config: Fig3Config, settings: ZFSett
                 for l in config.layers if l in vis.net.layers}
         pngs = {}
         for layer, evo in evolution.feature_evolution(checkpoints(), lambda: iter(inputs), maps).items():
-            pngs[layer] = str(render.render_evolution(evo.projections, evo.ys, evo.xs, receptive_field(vis.net, layer),
+            pngs[layer] = str(render.render_fig3(evo.projections, evo.ys, evo.xs, receptive_field(vis.net, layer),
                                                       evo.epochs, out / f"fig3_{layer}.png"))
         return {"pngs": pngs, "epochs": list(epoch_of.values())}
 
@@ -123,7 +129,7 @@ def fig5(context: dg.AssetExecutionContext, config: Fig5Config, settings: ZFSett
         rows, pngs = [], []
         for n, (image_id, x, result) in enumerate(zip(picked, images, results)):
             rows += [{"image_id": image_id, **r} for r in result.rows()]
-            pngs.append(str(render.render_occlusion(vis.rgb(x), result, out / f"fig5_{n}.png", vis.classes,
+            pngs.append(str(render.render_fig5(vis.rgb(x), result, out / f"fig5_{n}.png", vis.classes,
                                                     receptive_field(vis.net, "conv5"))))
         write_table(pa.Table.from_pylist(rows), out / "fig5")
         return {"pngs": pngs, "images": list(picked), "size": size, "stride": stride}
@@ -154,7 +160,7 @@ def fig4(context: dg.AssetExecutionContext, config: Fig4Config, settings: ZFSett
         results = [invariance.invariance_sweep(vis.net, images, labels, kind, amounts[kind], image_ids=list(picked))
                    for kind in config.transforms]
         write_table(pa.Table.from_pylist([r for res in results for r in res.rows()]), out / "fig4")
-        return {"png": str(render.render_invariance(results, out / "fig4.png")), "images": list(picked)}
+        return {"png": str(render.render_fig4(results, out / "fig4.png")), "images": list(picked)}
 
     record = _vis_stage(context, settings, "fig4", config, [model, val], build)
     context.add_output_metadata({**record_md(record), "fig4": image_md(record["png"], 1200)})

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from zf_pipeline.analysis.correspondence import PartsConfig
-from zf_pipeline.data import loader, preprocess, shards
+from zf_pipeline.data import loader, preprocess, shard_format
 from zf_pipeline.evaluate import eval_crops
 from zf_pipeline.models import checkpoint
 from zf_pipeline.render import image_to_rgb
@@ -26,7 +26,7 @@ class ValImages:
         self.net = checkpoint.load_model(checkpoint_file, device).eval()
         self.crop, self.scale = crop, scale
         self.split = loader.open_split(val_dir)
-        self.classes = shards.load_classes(val_dir)[1]
+        self.classes = shard_format.load_classes(val_dir)[1]
         full = loader.load_mean(mean_file, self.split.size)
         self.mean_full = full.to(device)
         offset = (self.split.size - crop) // 2
@@ -81,7 +81,7 @@ def part_images(vis: ValImages, parts: PartsConfig) -> tuple[torch.Tensor, list[
     original file's (width, height)."""
     by_id = {img.key for img in parts.images if not img.is_path}
     found = vis.lookup(by_id) if by_id else {}
-    manifest = shards.load_manifest(vis.split.root).select(["image_id", "source"]).to_pydict()
+    manifest = shard_format.load_manifest(vis.split.root).select(["image_id", "source"]).to_pydict()
     sources = dict(zip(manifest["image_id"], manifest["source"]))
     inputs, sizes = [], []
     for img in parts.images:
