@@ -2,7 +2,8 @@
 
 Groups follow the paper: data (section 3.1), training (section 3, Tables 1-2), features and
 visualization (section 4, Figs. 3-5 and 8, Table 3), transfer (section 5, Tables 4-7, Fig. 7).
-Loaded by ``workspace.yaml`` (``dagster dev``) and by ``dagster asset materialize -m assets``.
+Loaded by ``workspace.yaml`` (``dagster dev``), by ``dagster asset materialize -m assets``, and without ``-m`` in
+the README's activated venv (its activation exports ``DAGSTER_MODULE_NAME=assets``).
 """
 
 import dagster as dg

@@ -14,27 +14,33 @@ stored relative to it (``${ZF_OUTPUT_ROOT}/...``), so a moved or copied root res
 from __future__ import annotations
 
 import hashlib
+import importlib
 import inspect
 import json
-import os
+import pkgutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from zf_pipeline.io import folder_lock, remove_temporaries, write_bytes_atomic
+from zf_pipeline.io import folder_lock, read_record, remove_temporaries, write_record
 
 DONE = "_asset.json"
-ROOT = "${ZF_OUTPUT_ROOT}"
 
 
 def code_version(*modules: ModuleType) -> str:
-    """A short hash of the source text of ``modules``: changes whenever their code changes."""
+    """A short hash of the source text of ``modules``: changes whenever their code changes. A package counts
+    with every module in it (``zf_pipeline.render``: each figure's module)."""
     h = hashlib.sha256()
     for module in modules:
-        h.update(module.__name__.encode())
-        h.update(inspect.getsource(module).encode())
+        parts = [module]
+        if hasattr(module, "__path__"):
+            names = sorted(info.name for info in pkgutil.iter_modules(module.__path__) if info.name != "__main__")
+            parts += [importlib.import_module(f"{module.__name__}.{name}") for name in names]
+        for part in parts:
+            h.update(part.__name__.encode())
+            h.update(inspect.getsource(part).encode())
     return h.hexdigest()[:12]
 
 
@@ -42,41 +48,6 @@ def fingerprint(*parts: Any) -> str:
     """A short, stable hash of JSON-serialisable parts (config dicts, upstream fingerprints, versions)."""
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def root_relative(obj: Any, root: str | os.PathLike) -> Any:
-    """``obj`` (JSON-like) with every path inside the output ``root`` written as ``${ZF_OUTPUT_ROOT}/<relative>``."""
-    if isinstance(obj, os.PathLike):
-        obj = os.fspath(obj)
-    if isinstance(obj, str):
-        prefix = str(Path(root).resolve())
-        return ROOT + obj[len(prefix):] if obj == prefix or obj.startswith(prefix + os.sep) else obj
-    if isinstance(obj, dict):
-        return {k: root_relative(v, root) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [root_relative(v, root) for v in obj]
-    return obj
-
-
-def resolve_root(obj: Any, root: str | os.PathLike) -> Any:
-    """The inverse of :func:`root_relative`: ``${ZF_OUTPUT_ROOT}`` becomes the current output ``root``."""
-    if isinstance(obj, str):
-        return str(Path(root).resolve()) + obj[len(ROOT):] if obj.startswith(ROOT) else obj
-    if isinstance(obj, dict):
-        return {k: resolve_root(v, root) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [resolve_root(v, root) for v in obj]
-    return obj
-
-
-def write_record(path: Path, record: Any, root: str | os.PathLike) -> None:
-    """Write a JSON record atomically, its paths relative to the output ``root``."""
-    write_bytes_atomic(path, json.dumps(root_relative(record, root), indent=2, default=str).encode())
-
-
-def read_record(path: Path, root: str | os.PathLike) -> Any:
-    """A record written by :func:`write_record`, its paths resolved against the current output ``root``."""
-    return resolve_root(json.loads(path.read_text()), root)
 
 
 def cached_stage(

@@ -15,15 +15,16 @@ from pathlib import Path
 import dagster as dg
 from PIL import Image
 
-from assets.cache import cached_stage, code_version, fingerprint, root_relative
+from assets.cache import cached_stage, code_version, fingerprint
 from assets.metadata import image_md, record_md
 from assets.resources import ZFSettings
 from zf_pipeline import render
-from zf_pipeline.data import demo, pixel_mean, preprocess, readers, shards
+from zf_pipeline.data import demo, pixel_mean, preprocess, readers, shard_format, shards
 from zf_pipeline.data.records import ImageSet
+from zf_pipeline.io import root_relative
 
 PAPER_SIZE, DEMO_SIZE = 256, 128
-SHARD_CODE = code_version(readers, preprocess, shards)
+SHARD_CODE = code_version(readers, preprocess, shard_format, shards)
 
 
 class DemoConfig(dg.Config):
@@ -53,8 +54,8 @@ def sample_grid(shard_dir: Path, count: int = 32) -> Path:
     """The first ``count`` samples of the first shard, captioned with their class, as a PNG."""
     path = shard_dir / "samples.png"
     if not path.exists():
-        names = shards.load_classes(shard_dir)[1]
-        samples = list(itertools.islice(shards.iter_shard(shards.shard_paths(shard_dir)[0]), count))
+        names = shard_format.load_classes(shard_dir)[1]
+        samples = list(itertools.islice(shard_format.iter_shard(shard_format.shard_paths(shard_dir)[0]), count))
         images = [Image.open(io.BytesIO(s.jpeg)) for s in samples]
         render.render_samples(images, [names[s.label] if s.label >= 0 else "?" for s in samples], path)
     return path
@@ -114,6 +115,10 @@ def shard_asset(name: str, kind: str, split: str, description: str) -> dg.Assets
             "seed": config.seed,
         }
         context.log.info(f"{name}: {len(images)} images of {len(images.classes)} classes from {root}")
+        if settings.demo and settings.dataset_root(kind):
+            context.log.info(f"{name}: your images are sharded at the demo's {size} px, the size the demo-trained "
+                             f"network sees (no ZF_IMAGENET_ROOT); with ImageNet set, at the paper's {PAPER_SIZE} px "
+                             "(docs/datasets.md, 'Real target data on the demo network')")
         record = cached_stage(
             settings.out,
             name,
@@ -141,7 +146,7 @@ def shard_asset(name: str, kind: str, split: str, description: str) -> dg.Assets
         """Images in = images written + images skipped, and the manifest and skip list agree with the summary."""
         record = settings.record(name)
         out = Path(record["path"])
-        manifest, skipped = shards.load_manifest(out), shards.load_skipped(out)
+        manifest, skipped = shard_format.load_manifest(out), shard_format.load_skipped(out)
         ok = (
             record["images_in"] == record["images_written"] + record["images_skipped"]
             and manifest.num_rows == record["images_written"]

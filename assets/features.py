@@ -16,7 +16,7 @@ from assets.metadata import record_md
 from assets.resources import ZFSettings
 from zf_pipeline import evaluate, features, mining, query
 from zf_pipeline.data import loader
-from zf_pipeline.models import FEATURE_LAYERS, CONV_LAYERS, checkpoint
+from zf_pipeline.models import CONV_LAYERS, FEATURE_LAYERS, checkpoint
 
 # A package's own source is its __init__ only: the modules of the pass are hashed one by one.
 FEATURES_CODE = code_version(features, features.schema, features.outputs, features.writers, features.extraction, loader, evaluate)

@@ -10,6 +10,8 @@ from typing import Any
 import dagster as dg
 from PIL import Image
 
+from zf_pipeline.tables import publish
+
 
 def image_md(path: str | Path, max_side: int = 900, title: str = "") -> dg.MetadataValue:
     """A PNG shown inline in the UI (markdown with a base64 data URI, downscaled to keep the event log small)."""
@@ -30,3 +32,12 @@ def record_md(record: dict[str, Any]) -> dict[str, dg.MetadataValue]:
         "cache_hit": dg.MetadataValue.bool(bool(record.get("cached"))),
         "build_seconds": dg.MetadataValue.float(float(record.get("seconds", 0.0))),
     }
+
+
+def publish_table(context: dg.AssetExecutionContext, folder: Path, name: str, table: Any, markdown: str) -> dict:
+    """Write a results table with :func:`zf_pipeline.tables.publish`, show it inline, say where its files are."""
+    record = publish(table, markdown, folder, name)
+    context.add_output_metadata({"table": dg.MetadataValue.md(markdown), "parquet": dg.MetadataValue.path(record["path"]),
+                                 "csv": dg.MetadataValue.path(record["csv"]), "markdown": dg.MetadataValue.path(record["md"])})
+    context.log.info(f"{name}: {Path(record['path']).with_suffix('')}.{{csv,parquet,md}}")
+    return record

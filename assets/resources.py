@@ -7,6 +7,7 @@
 | ZF_CALTECH101_ROOT | Caltech-101 (holding ``101_ObjectCategories``) | the demo's target set while ImageNet is the demo too; else not evaluated |
 | ZF_CALTECH256_ROOT | Caltech-256 (holding ``256_ObjectCategories``) | not evaluated |
 | ZF_VOC2012_ROOT | PASCAL VOC 2012 (holding ``VOCdevkit/VOC2012`` or ``JPEGImages``) | not evaluated |
+| ZF_CALTECH101_NAME, ZF_CALTECH256_NAME | what the images at that root are called in the tables (your own data) | the paper's dataset name; ``demo_target`` on the demo |
 | ZF_DEVICE | torch device for training / extraction (checked when the code location loads) | ``cuda`` if available, else ``cpu`` |
 
 GPU assets run one at a time per device and output root: each holds :meth:`ZFSettings.gpu_lock`, an
@@ -23,9 +24,8 @@ from typing import Any
 
 import dagster as dg
 
-from assets.cache import read_record, write_record
 from zf_pipeline.data.readers import ROOT_ENV
-from zf_pipeline.io import folder_lock
+from zf_pipeline.io import folder_lock, read_record, write_record
 
 
 def check_device(device: str) -> str:
@@ -80,6 +80,8 @@ class ZFSettings(dg.ConfigurableResource):
     caltech101_root: str = ""
     caltech256_root: str = ""
     voc2012_root: str = ""
+    caltech101_name: str = ""
+    caltech256_name: str = ""
     device: str = ""
 
     @property
@@ -93,6 +95,12 @@ class ZFSettings(dg.ConfigurableResource):
 
     def dataset_root(self, name: str) -> str:
         return getattr(self, f"{name}_root")
+
+    def dataset_name(self, kind: str) -> str:
+        """What the images read as ``kind`` are called in tables: as the user names them (ZF_<KIND>_NAME),
+        else the paper's dataset when its root is set, else the demo's target set that stands in."""
+        named = getattr(self, f"{kind}_name", "")
+        return named or (kind if self.dataset_root(kind) or not self.demo else "demo_target")
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         # At every run's start: runs whose process died unrecorded are marked failed, not left STARTED.
@@ -136,6 +144,7 @@ class ZFSettings(dg.ConfigurableResource):
             output_root=os.environ.get("ZF_OUTPUT_ROOT", "outputs"),
             device=check_device(os.environ.get("ZF_DEVICE", "")),
             **{f"{name}_root": os.environ.get(var, "") for name, var in ROOT_ENV.items()},
+            **{f"{kind}_name": os.environ.get(f"ZF_{kind.upper()}_NAME", "") for kind in ("caltech101", "caltech256")},
         )
 
 

@@ -16,12 +16,11 @@ import dagster as dg
 import torch
 
 from assets.cache import cached_stage, code_version
-from assets.metadata import image_md, record_md
+from assets.metadata import image_md, publish_table, record_md
 from assets.resources import ZFSettings
 from zf_pipeline import evaluate, tables, train
 from zf_pipeline.analysis import filters
 from zf_pipeline.data import loader
-from zf_pipeline.io import write_table
 from zf_pipeline.models import checkpoint, zfnet
 
 TRAIN_CODE = code_version(train, loader, zfnet, checkpoint, evaluate, filters)
@@ -196,7 +195,7 @@ def table1(
             cfg = train_config(settings, config, imagenet_train_shards["path"], imagenet_val_shards["path"], pixel_mean_image["file"], arch=arch)
             runs.append(run_training(context, settings, cfg, upstream, config.launcher, dg.PipesSubprocessClient())["path"])
     table, md = tables.table1_from_runs(runs)
-    return _write_table(context, settings, "table1", table, md, {"runs": runs})
+    return {**publish_table(context, settings.out / "table1", "table1", table, md), "runs": runs}
 
 
 class Table2Config(TrainingConfig):
@@ -240,12 +239,5 @@ def table2(
         {"val_top1_err": single["val_10crop_top1_err"], "val_top5_err": single["val_10crop_top5_err"]},
         {"val_top1_err": ensemble["top1_err"], "val_top5_err": ensemble["top5_err"], "models": config.models},
     )
-    return _write_table(context, settings, "table2", table, md, {"runs": [r["path"] for r in records]})
+    return {**publish_table(context, settings.out / "table2", "table2", table, md), "runs": [r["path"] for r in records]}
 
-
-def _write_table(context: dg.AssetExecutionContext, settings: ZFSettings, name: str, table, md: str, extra: dict) -> dict:
-    """Store a results table as Parquet + CSV under outputs/<name>/ and show it as markdown."""
-    out = settings.out / name
-    paths = write_table(table, out / name)
-    context.add_output_metadata({"table": dg.MetadataValue.md(md), "parquet": dg.MetadataValue.path(str(paths[0]))})
-    return {"path": str(out), "files": [str(p) for p in paths], **extra}

@@ -6,7 +6,6 @@ the UI, with the numbers behind it as Parquet, reproducible from its config (cac
 from pathlib import Path
 
 import dagster as dg
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -17,49 +16,25 @@ from assets.metadata import image_md, record_md
 from assets.resources import ZFSettings
 from zf_pipeline import atlas as atlas_site
 from zf_pipeline import deconv, render
-from zf_pipeline.analysis import correspondence, evolution, invariance, occlusion
-from zf_pipeline.data import loader, preprocess, shards
+from zf_pipeline.analysis import (
+    correspondence,
+    evolution,
+    inputs,
+    invariance,
+    occlusion,
+)
+from zf_pipeline.analysis.inputs import ValImages, one_per_class, part_images
 from zf_pipeline.io import write_table
 from zf_pipeline.models import CONV_LAYERS, checkpoint, receptive_field
 
-VIS_CODE = code_version(deconv, render, evolution, occlusion, invariance, correspondence)
+VIS_CODE = code_version(deconv, render, inputs, evolution, occlusion, invariance, correspondence)
 UPSTREAM = {"model": dg.AssetIn("zfnet_model"), "val": dg.AssetIn("imagenet_val_shards"), "mean": dg.AssetIn("pixel_mean_image")}
 
 
-class ValImages:
-    """The validation images as the trained network sees them (center crop, mean subtracted, scaled)."""
-
-    def __init__(self, settings: ZFSettings, model: dict, val: dict, mean: dict):
-        self.device = settings.torch_device()
-        self.net = checkpoint.load_model(model["checkpoint"], self.device).eval()
-        self.crop, self.scale = model["config"]["crop"], model["config"]["input_scale"]
-        self.split = loader.open_split(val["path"])
-        self.classes = shards.load_classes(val["path"])[1]
-        full = loader.load_mean(mean["file"], self.split.size)
-        self.mean_full = full.to(self.device)
-        offset = (self.split.size - self.crop) // 2
-        # Added back (at the input's scale) to show images in their colours.
-        self.display_mean = full[:, offset : offset + self.crop, offset : offset + self.crop] * self.scale
-
-    def batches(self, batch_size: int = 128, limit: int | None = None):
-        """(inputs on the device, labels, image_ids), in the split's order, at most ``limit`` images."""
-        seen = 0
-        for x, y, ids in loader.network_inputs(self.split, self.mean_full, self.crop, batch_size, self.device, self.scale):
-            if limit is not None and seen >= limit:
-                return
-            keep = len(ids) if limit is None else min(len(ids), limit - seen)
-            seen += keep
-            yield x[:keep], y[:keep], ids[:keep]
-
-    def lookup(self, image_ids: set[str]) -> dict[str, torch.Tensor]:
-        """image_id -> input tensor (CPU), for ``image_ids``."""
-        images = {}
-        for x, _, ids in self.batches():
-            images.update((i, xi) for xi, i in zip(x.cpu(), ids) if i in image_ids)
-        return images
-
-    def rgb(self, x: torch.Tensor) -> torch.Tensor:
-        return render.image_to_rgb(x.cpu().float(), self.display_mean)
+def val_images(settings: ZFSettings, model: dict, val: dict, mean: dict) -> ValImages:
+    """The validation images as the trained model of ``model`` (a zfnet_model record) sees them."""
+    return ValImages(model["checkpoint"], model["config"]["crop"], model["config"]["input_scale"], val["path"],
+                     mean["file"], settings.torch_device())
 
 
 def _vis_stage(context, settings: ZFSettings, stage: str, config: dg.Config, upstream: list[dict], build) -> dict:
@@ -81,7 +56,7 @@ def fig8(context: dg.AssetExecutionContext, config: Fig8Config, settings: ZFSett
     layer 1 also shows its filters."""
 
     def build(out: Path) -> dict:
-        vis = ValImages(settings, model, val, mean)
+        vis = val_images(settings, model, val, mean)
         rows = pq.read_table(top9["file"]).to_pylist()
         images = vis.lookup({r["image_id"] for r in rows})
         paths = render.render_fig8(vis.net, rows, images, out, [l for l in config.layers if l in vis.net.layers],
@@ -109,7 +84,7 @@ def fig3(context: dg.AssetExecutionContext, config: Fig3Config, settings: ZFSett
     checkpoint (epochs 1, 2, 5, 10, 20, 30, 40, 64 where reached), one column per epoch."""
 
     def build(out: Path) -> dict:
-        vis = ValImages(settings, model, val, mean)
+        vis = val_images(settings, model, val, mean)
         inputs = [x for x, _, _ in vis.batches(limit=config.images)]
         run = Path(model["path"])
         kept = sorted(run.glob("epoch_*.pt")) or [run / "last.pt"]
@@ -123,7 +98,7 @@ def fig3(context: dg.AssetExecutionContext, config: Fig3Config, settings: ZFSett
                 for l in config.layers if l in vis.net.layers}
         pngs = {}
         for layer, evo in evolution.feature_evolution(checkpoints(), lambda: iter(inputs), maps).items():
-            pngs[layer] = str(render.render_evolution(evo.projections, evo.ys, evo.xs, receptive_field(vis.net, layer),
+            pngs[layer] = str(render.render_fig3(evo.projections, evo.ys, evo.xs, receptive_field(vis.net, layer),
                                                       evo.epochs, out / f"fig3_{layer}.png"))
         return {"pngs": pngs, "epochs": list(epoch_of.values())}
 
@@ -145,8 +120,8 @@ def fig5(context: dg.AssetExecutionContext, config: Fig5Config, settings: ZFSett
     layer-5 map of the unoccluded image, the correct-class probability and the most probable label."""
 
     def build(out: Path) -> dict:
-        vis = ValImages(settings, model, val, mean)
-        picked = _one_per_class(vis, config.images)
+        vis = val_images(settings, model, val, mean)
+        picked = one_per_class(vis, config.images)
         size = config.size or max(8, round(vis.crop * 48 / 224))
         stride = config.stride or max(1, size // 6)
         images, labels = [x for x, _ in picked.values()], [label for _, label in picked.values()]
@@ -154,7 +129,7 @@ def fig5(context: dg.AssetExecutionContext, config: Fig5Config, settings: ZFSett
         rows, pngs = [], []
         for n, (image_id, x, result) in enumerate(zip(picked, images, results)):
             rows += [{"image_id": image_id, **r} for r in result.rows()]
-            pngs.append(str(render.render_occlusion(vis.rgb(x), result, out / f"fig5_{n}.png", vis.classes,
+            pngs.append(str(render.render_fig5(vis.rgb(x), result, out / f"fig5_{n}.png", vis.classes,
                                                     receptive_field(vis.net, "conv5"))))
         write_table(pa.Table.from_pylist(rows), out / "fig5")
         return {"pngs": pngs, "images": list(picked), "size": size, "stride": stride}
@@ -162,20 +137,6 @@ def fig5(context: dg.AssetExecutionContext, config: Fig5Config, settings: ZFSett
     record = _vis_stage(context, settings, "fig5", config, [model, val], build)
     context.add_output_metadata({**record_md(record), **{f"fig5_{i}": image_md(p, 1200) for i, p in enumerate(record["pngs"])}})
     return record
-
-
-def _one_per_class(vis: ValImages, count: int) -> dict[str, tuple[torch.Tensor, int]]:
-    """The first validation image of each class, until ``count`` images."""
-    picked: dict[str, tuple[torch.Tensor, int]] = {}
-    classes: set[int] = set()
-    for x, y, ids in vis.batches():
-        for xi, yi, i in zip(x.cpu(), y.tolist(), ids):
-            if yi not in classes:
-                classes.add(yi)
-                picked[i] = (xi, yi)
-                if len(picked) == count:
-                    return picked
-    return picked
 
 
 class Fig4Config(dg.Config):
@@ -189,8 +150,8 @@ def fig4(context: dg.AssetExecutionContext, config: Fig4Config, settings: ZFSett
     transformed and original feature vectors at layers 1 and 7, and the true-class probability."""
 
     def build(out: Path) -> dict:
-        vis = ValImages(settings, model, val, mean)
-        picked = _one_per_class(vis, config.images)
+        vis = val_images(settings, model, val, mean)
+        picked = one_per_class(vis, config.images)
         images = torch.stack([x for x, _ in picked.values()])
         labels = [y for _, y in picked.values()]
         # The paper's translations are in pixels of a 224 input: scale them to this input.
@@ -199,7 +160,7 @@ def fig4(context: dg.AssetExecutionContext, config: Fig4Config, settings: ZFSett
         results = [invariance.invariance_sweep(vis.net, images, labels, kind, amounts[kind], image_ids=list(picked))
                    for kind in config.transforms]
         write_table(pa.Table.from_pylist([r for res in results for r in res.rows()]), out / "fig4")
-        return {"png": str(render.render_invariance(results, out / "fig4.png")), "images": list(picked)}
+        return {"png": str(render.render_fig4(results, out / "fig4.png")), "images": list(picked)}
 
     record = _vis_stage(context, settings, "fig4", config, [model, val], build)
     context.add_output_metadata({**record_md(record), "fig4": image_md(record["png"], 1200)})
@@ -219,9 +180,9 @@ def table3(context: dg.AssetExecutionContext, config: Table3Config, settings: ZF
     parts_file = config.parts or source_images["roots"].get("correspondence") or str(Path(__file__).parents[1] / "docs" / "table3_parts_imagenette.json")
 
     def build(out: Path) -> dict:
-        vis = ValImages(settings, model, val, mean)
+        vis = val_images(settings, model, val, mean)
         parts = correspondence.load_parts_config(parts_file)
-        images, sizes = _part_images(vis, parts)
+        images, sizes = part_images(vis, parts)
         parts = correspondence.in_input_pixels(parts, sizes, resize=vis.split.size, crop=vis.crop)
         rows = correspondence.correspondence(vis.net, images, parts, [l for l in ("conv5", "fc7") if l in vis.net.layers])
         table = pa.Table.from_pylist(rows)
@@ -233,30 +194,6 @@ def table3(context: dg.AssetExecutionContext, config: Table3Config, settings: ZF
         f"| {r['part']} | {r['layer']} | {r['mean']:.3f} | {r['std']:.3f} |\n" for r in record["rows"])
     context.add_output_metadata({**record_md(record), "table": dg.MetadataValue.md(md), "plot": image_md(record["png"])})
     return record
-
-
-def _part_images(vis: ValImages, parts: correspondence.PartsConfig) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-    """The parts config's images as network inputs, and each original file's (width, height)."""
-    by_id = {img.key for img in parts.images if not img.is_path}
-    found = vis.lookup(by_id) if by_id else {}
-    manifest = shards.load_manifest(vis.split.root).select(["image_id", "source"]).to_pydict()
-    sources = dict(zip(manifest["image_id"], manifest["source"]))
-    inputs, sizes = [], []
-    for img in parts.images:
-        source = img.key if img.is_path else sources.get(img.key)
-        if source is None or (not img.is_path and img.key not in found):
-            raise dg.Failure(f"parts config image {img.key!r} is not in the validation shards {vis.split.root}")
-        with Image.open(source) as im:
-            sizes.append(im.size)
-        if img.is_path:
-            crop = preprocess.resize_center_crop(Image.open(source), vis.split.size)
-            x = torch.from_numpy(np.asarray(crop, dtype=np.float32).transpose(2, 0, 1).copy())
-            o = (vis.split.size - vis.crop) // 2
-            x = ((x - vis.mean_full.cpu()) * vis.scale)[:, o : o + vis.crop, o : o + vis.crop]
-            inputs.append(x)
-        else:
-            inputs.append(found[img.key])
-    return torch.stack(inputs), sizes
 
 
 class AtlasConfig(dg.Config):
@@ -274,7 +211,7 @@ def atlas(context: dg.AssetExecutionContext, config: AtlasConfig, settings: ZFSe
     (Fig. 3), the occlusion and invariance figures (Figs. 4, 5), Table 3 and the transfer tables."""
 
     def build(out: Path) -> dict:
-        vis = ValImages(settings, model, val, mean)
+        vis = val_images(settings, model, val, mean)
         rows = pq.read_table(top9["file"])
         images = vis.lookup(set(rows["image_id"].to_pylist()))
         extras = atlas_site.AtlasExtras(
@@ -293,6 +230,9 @@ def atlas(context: dg.AssetExecutionContext, config: AtlasConfig, settings: ZFSe
     record = cached_stage(settings.out, "atlas", [code_version(atlas_site, render, deconv), config.model_dump(),
                                                   *[u["fingerprint"] for u in upstream]], build, context.log.info)
     context.add_output_metadata({**record_md(record), "index": dg.MetadataValue.url(f"file://{record['index']}")})
+    # The run's last lines: where to look.
+    context.log.info(f"atlas: open {record['index']} in a browser")
+    context.log.info(f"Table 7: {Path(table7['path']).with_suffix('')}.{{csv,parquet,md,png}}")
     return record
 
 

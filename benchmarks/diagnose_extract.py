@@ -3,12 +3,12 @@
     python benchmarks/diagnose_extract.py [--checkpoint last.pt --shards DIR --mean FILE --input-scale S --crop C]
     python benchmarks/diagnose_extract.py --compare --no-random --checkpoint ...   (docs/results/extraction.md)
 
-``--compare`` instead sets compiled passes against the eager one, per batch: the forward and ``summarize``
+``--compare`` instead sets compiled passes against the eager one, per batch: the forward and ``maxima_and_vectors``
 in one compiled graph, the forward compiled alone, and both compiled apart (what ``extract`` does).
 
 For a He-initialized Krizhevsky net on random inputs (and, given a checkpoint, for the first batches of
 a shard folder), runs the forward pass eagerly and compiled (``model.forward_layers``, compiled as
-``features.extract(compile=True)`` does) followed by ``features.summarize``, in float32 and under bf16
+``features.extract(compile=True)`` does) followed by ``features.maxima_and_vectors``, in float32 and under bf16
 autocast, and prints one line per (case, batch).
 """
 
@@ -19,7 +19,7 @@ import argparse
 import torch
 
 from zf_pipeline.data.loader import load_mean, network_inputs, open_split
-from zf_pipeline.features import summarize
+from zf_pipeline.features import maxima_and_vectors
 from zf_pipeline.models.checkpoint import load_model
 from zf_pipeline.models.zfnet import CONV_LAYERS, FEATURE_LAYERS, build, variant
 from zf_pipeline.train import kaiming_init
@@ -33,7 +33,7 @@ def report(name: str, model, batches: list[torch.Tensor], compiled_modes: tuple[
             with torch.inference_mode(), torch.autocast("cuda", amp or torch.float32, enabled=amp is not None):
                 for i, x in enumerate(batches):
                     acts = forward(x, tuple(layers))
-                    value, _, _ = summarize(model, acts, [n for n in layers if n in CONV_LAYERS], layers)
+                    value, _, _ = maxima_and_vectors(model, acts, [n for n in layers if n in CONV_LAYERS], layers)
                     stats = " ".join(f"{n}:{a.float().abs().max().item():.3g}/{a.isnan().sum().item()}" for n, a in acts.items())
                     print(f"{name} compiled={compiled} amp={amp} batch {i}: value finite={value.isfinite().all().item()} "
                           f"max={value.float().max().item():.3g} | max|act|/nan {stats}", flush=True)
@@ -48,12 +48,12 @@ def compare(name: str, model, batches: list[torch.Tensor]) -> None:
         return model.forward_layers(x, list(layers))
 
     def summary(acts):
-        return summarize(model, acts, layers, layers)
+        return maxima_and_vectors(model, acts, layers, layers)
 
     forward_c, summary_c = torch.compile(forward, dynamic=False), torch.compile(summary, dynamic=False)
     cases = {
-        "one graph (forward + summarize)": torch.compile(lambda x: summary(forward(x)), dynamic=False),
-        "compiled forward, eager summarize": lambda x: summary(forward_c(x)),
+        "one graph (forward + maxima_and_vectors)": torch.compile(lambda x: summary(forward(x)), dynamic=False),
+        "compiled forward, eager maxima_and_vectors": lambda x: summary(forward_c(x)),
         "two graphs (extract's)": lambda x: summary_c(forward_c(x)),
     }
     for amp in (None, torch.bfloat16):

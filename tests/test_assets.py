@@ -39,6 +39,17 @@ def test_compile_is_on_by_default_on_a_gpu_only():
         assert config().compile is None and config(compile=True).compile is True and config(compile=False).compile is False
 
 
+def test_the_target_is_named_as_the_user_names_it(monkeypatch):
+    """The paper's name only for data given as the paper's dataset; the demo's and a user's own are theirs."""
+    for var in ("ZF_IMAGENET_ROOT", "ZF_CALTECH101_ROOT", "ZF_CALTECH101_NAME", "ZF_DEVICE"):
+        monkeypatch.delenv(var, raising=False)
+    assert ZFSettings.from_env().dataset_name("caltech101") == "demo_target"
+    monkeypatch.setenv("ZF_CALTECH101_ROOT", "/data/caltech101")
+    assert ZFSettings.from_env().dataset_name("caltech101") == "caltech101"
+    monkeypatch.setenv("ZF_CALTECH101_NAME", "birds")
+    assert ZFSettings.from_env().dataset_name("caltech101") == "birds"
+
+
 def test_cached_stage_hits_on_same_key_and_rebuilds_on_a_new_one(tmp_path):
     calls = []
 

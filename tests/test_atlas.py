@@ -15,7 +15,8 @@ from PIL import Image
 from zf_pipeline.analysis.evolution import Evolution
 from zf_pipeline.atlas import AtlasExtras, build_atlas, table_html
 from zf_pipeline.models.zfnet import CONV_LAYERS, ZFNet, receptive_field
-from zf_pipeline.render import _to_pil, top9_tiles
+from zf_pipeline.render.common import _to_pil
+from zf_pipeline.render.fig8 import top9_tiles
 
 N_IMAGES = 12
 

@@ -20,13 +20,14 @@ import dagster as dg
 import pytest
 
 import assets
-from assets.cache import ROOT, cached_stage, write_record
+from assets.cache import cached_stage
 from assets.data import pixel_mean_image, source_images
 from assets.features import top9, top9_complete
 from assets.resources import JsonIOManager, ZFSettings, check_device
 from assets.training import zfnet_model, zfnet_model_learned
 from tests.test_features import batches_of, random_images, small_model
 from zf_pipeline.features import extract
+from zf_pipeline.io import ROOT, write_record
 from zf_pipeline.models import FEATURE_LAYERS, checkpoint
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,20 +14,19 @@ from zf_pipeline.analysis.invariance import invariance_sweep
 from zf_pipeline.analysis.occlusion import occlusion_sensitivity
 from zf_pipeline.models.zfnet import ZFNet, receptive_field, variant
 from zf_pipeline.render import (
-    EMPTY_TILE,
     choose_maps,
-    compose_vertical,
     image_to_rgb,
     normalize_projection,
-    render_evolution,
+    render_fig3,
+    render_fig4,
+    render_fig5,
     render_fig8,
-    render_invariance,
-    render_occlusion,
     render_table3,
-    render_top9_grid,
     top9_tiles,
     unit_patch,
 )
+from zf_pipeline.render.common import EMPTY_TILE
+from zf_pipeline.render.fig8 import compose_vertical, render_top9_grid
 
 
 def small_net(input_size: int = 67) -> ZFNet:
@@ -149,20 +148,20 @@ def test_evolution_occlusion_invariance_and_table3_pngs(tmp_path: Path) -> None:
     model = small_net()
     proj = torch.randn(3, 2, 3, 67, 67)
     ys, xs = torch.ones(3, 2, dtype=torch.long), torch.full((3, 2), 2)
-    path = render_evolution(proj, ys, xs, receptive_field(model, "conv2"), [1, 5], tmp_path / "fig3.png", tile=16)
+    path = render_fig3(proj, ys, xs, receptive_field(model, "conv2"), [1, 5], tmp_path / "fig3.png", tile=16)
     assert size_of(path) == (2 * 16 + 3 * 2, 24 + 3 * 16 + 4 * 2)
     with pytest.raises(ValueError, match="epoch"):
-        render_evolution(proj, ys, xs, receptive_field(model, "conv2"), [1], tmp_path / "x.png")
+        render_fig3(proj, ys, xs, receptive_field(model, "conv2"), [1], tmp_path / "x.png")
 
     image = torch.randn(3, 67, 67, generator=torch.Generator().manual_seed(3))
     occ = occlusion_sensitivity(model, image, label=1, size=20, stride=12)
-    path = render_occlusion(image_to_rgb(image), occ, tmp_path / "fig5.png", class_names=["a", "b", "c", "d"],
+    path = render_fig5(image_to_rgb(image), occ, tmp_path / "fig5.png", class_names=["a", "b", "c", "d"],
                             receptive_field=receptive_field(model, "conv5"))
     assert size_of(path) == (1500, 340)
 
     imgs = torch.randn(2, 3, 67, 67, generator=torch.Generator().manual_seed(4))
     sweeps = [invariance_sweep(model, imgs, [0, 1], "translation", [0, 8]), invariance_sweep(model, imgs, [0, 1], "rotation", [0, 90])]
-    assert size_of(render_invariance(sweeps, tmp_path / "fig4.png")) == (1200, 600)
+    assert size_of(render_fig4(sweeps, tmp_path / "fig4.png")) == (1200, 600)
 
     config = PartsConfig([PartImage("a", {"eye": (5, 5, 15, 15)}), PartImage("b", {"eye": (30, 30, 40, 40)})], random_draws=2, parts=("eye",))
     rows = correspondence(model, imgs, config)

@@ -23,17 +23,17 @@ from zf_pipeline.data import shards
 from zf_pipeline.data.pixel_mean import compute_pixel_mean, load_pixel_mean, save_pixel_mean
 from zf_pipeline.data.preprocess import Preprocessing, UnusableImage, decode, preprocess
 from zf_pipeline.data.records import ImageRecord, ImageSet, tar_source
-from zf_pipeline.data.shards import (
+from zf_pipeline.data.shard_format import (
     IncompleteShards,
     iter_shard,
     load_classes,
     load_manifest,
     load_skipped,
     load_summary,
+    shard_name,
     shard_paths,
-    split_order,
-    write_shards,
 )
+from zf_pipeline.data.shards import split_order, write_shards
 from zf_pipeline.io import folder_lock
 
 SIZE = 32
@@ -277,7 +277,7 @@ def test_plan_cuts_the_last_shards_so_every_worker_has_work(tmp_path, workers, p
     records = make_imageset(tmp_path, good=14).records  # 23 records: shards of 5, 5, 5, 5, 3
     order = [records[i] for i in np.random.default_rng(0).permutation(len(records))]
     shard_lists = [order[start : start + 5] for start in range(0, len(order), 5)]
-    names = [shards.shard_name("train", i) for i in range(len(shard_lists))]
+    names = [shard_name("train", i) for i in range(len(shard_lists))]
     pieces = shards._plan(tmp_path, names, shard_lists, 5, pending, workers)
     for index in pending:  # every image of a pending shard in exactly one piece, at its own position, in order
         own = [piece for piece in pieces if piece.shard == index]
@@ -545,7 +545,7 @@ def test_kill_9_of_a_pool_run_then_resume_equals_a_clean_run(tmp_path):
     os.mkfifo(blocking)
     out = tmp_path / "out"
     run = run_writer("pool", list_records(images, tmp_path / "records.json"), out)
-    later = [shards.shard_name("train", index) for index in range(1, 6)]
+    later = [shard_name("train", index) for index in range(1, 6)]
     try:
         deadline = time.monotonic() + 120
         while not all((out / name).exists() for name in later):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -18,28 +19,24 @@ from zf_pipeline.transfer import (
     class_splits,
     evaluate_splits,
     evaluate_voc,
-    fig7,
     fit_probe,
     load_features,
     mean_per_class_accuracy,
     mean_per_class_accuracy_from_predictions,
-    plot_fig7,
-    plot_table7,
     protocol_splits,
     run_problems,
     run_row,
     split_problems,
     split_rows,
-    table4,
-    table5,
-    table6,
-    table7,
     voc_training_samples,
     write_table,
 )
 from zf_pipeline.transfer import probes as probes_module
+from zf_pipeline.transfer.probes import Probe
+from zf_pipeline.transfer.protocol import short_of_optimum
 from zf_pipeline.transfer import protocol as protocol_module
-from zf_pipeline.transfer.tables import PAPER_TABLE4, PAPER_TABLE7, TABLE7_N_TRAIN
+from zf_pipeline.render import render_fig7, render_table7
+from zf_pipeline.tables import PAPER_TABLE4, PAPER_TABLE7, TABLE7_N_TRAIN, fig7, publish, table4, table5, table6, table7
 
 
 @pytest.fixture(autouse=True)
@@ -246,17 +243,31 @@ def test_probe_records_non_convergence():
     assert not probe.converged and probe.n_iter == 2
 
 
-def test_c_at_the_edge_of_the_grid_is_warned_about(caplog):
+def test_c_at_the_edge_of_the_grid_is_warned_about_while_accuracy_still_rises(caplog):
     X, y, ids = make_features([30] * 3, dim=8, separation=2.0)
     splits = class_splits(ids, y, 15, max_test=10, n_splits=2)
     with caplog.at_level("WARNING", logger=protocol_module.log.name):
-        runs = evaluate_splits(X, y, ids, splits, ProbeConfig(c_grid=(0.001, 0.01)), layer="fc7")
-    chosen = sorted(set(runs["c"].to_pylist()))  # a grid of two: every choice is an edge
-    assert f"C at the edge of the grid [0.001, 0.01] on 2 of 2 splits (C={chosen})" in caplog.text
-    caplog.clear()
-    with caplog.at_level("WARNING", logger=protocol_module.log.name):
-        evaluate_splits(X, y, ids, splits, ProbeConfig(c_grid=(1.0,)), layer="fc7")
-    assert "edge of the grid" not in caplog.text  # a single C is a choice, not a search
+        runs = evaluate_splits(X, y, ids, splits, ProbeConfig(c_grid=(0.01, 0.1)), layer="fc7")
+    assert runs["c"].to_pylist() == [0.1, 0.1]  # 2.2 points above C = 0.01 on both splits
+    assert ("C at the edge of the grid [0.01, 0.1], its cross-validated accuracy still rising, on 2 of 2 splits "
+            "(C=[0.1])") in caplog.text
+    for grid in ((1.0,), (0.001, 0.01)):  # a single C is a choice, not a search; so strong a penalty is flat
+        caplog.clear()
+        with caplog.at_level("WARNING", logger=protocol_module.log.name):
+            evaluate_splits(X, y, ids, splits, ProbeConfig(c_grid=grid), layer="fc7")
+        assert "edge of the grid" not in caplog.text
+
+
+def test_an_edge_c_counts_as_short_of_the_optimum_only_beyond_the_margin():
+    def probe(c: float, cv: dict[float, float]) -> Probe:
+        return Probe("svm", np.arange(2), np.zeros(1), np.zeros((1, 2)), np.zeros(2), c, cv)
+
+    grid = (1.0, 10.0, 100.0)
+    assert short_of_optimum(probe(100.0, {1.0: 80.0, 10.0: 90.0, 100.0: 92.0}), grid)
+    assert short_of_optimum(probe(1.0, {1.0: 92.0, 10.0: 90.0, 100.0: 80.0}), grid)
+    assert not short_of_optimum(probe(100.0, {1.0: 80.0, 10.0: 90.0, 100.0: 91.0}), grid)  # a plateau
+    assert not short_of_optimum(probe(10.0, {1.0: 80.0, 10.0: 95.0, 100.0: 90.0}), grid)  # bracketed
+    assert not short_of_optimum(probe(10.0, {}), grid)  # no cross-validation (one image in a class)
 
 
 def test_cross_validation_never_sees_test_images(monkeypatch):
@@ -365,7 +376,7 @@ def test_tables_put_paper_numbers_beside_ours(tmp_path):
 
     curve, _ = fig7(runs)
     assert curve["n_train"].to_pylist() == [15, 30]
-    png = plot_fig7(curve, tmp_path / "fig7.png")
+    png = render_fig7(curve, tmp_path / "fig7.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     parquet, csv = write_table(runs, tmp_path / "out" / "runs")
     assert pq.read_table(parquet).equals(runs)
@@ -373,7 +384,7 @@ def test_tables_put_paper_numbers_beside_ours(tmp_path):
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temp files left
 
 
-def test_plot_table7_draws_both_datasets_and_skips_layers_not_run(tmp_path):
+def test_render_table7_draws_both_datasets_and_skips_layers_not_run(tmp_path):
     # Caltech-101 runs an SVM on conv5 and a softmax on fc7, Caltech-256 the softmax only: every other
     # (classifier, layer) has ours_mean None and must be left out of our lines, not break the plot.
     runs = {}
@@ -386,13 +397,40 @@ def test_plot_table7_draws_both_datasets_and_skips_layers_not_run(tmp_path):
     table, _ = table7(runs)
     ran = {(r["dataset"], r["classifier"], r["layer"]) for r in table.to_pylist() if r["ours_mean"] is not None}
     assert ran == {("caltech101", "softmax", "fc7"), ("caltech101", "svm", "conv5"), ("caltech256", "softmax", "fc7")}
-    png = plot_table7(table, tmp_path / "table7.png")
+    png = render_table7(table, tmp_path / "table7.png")
     assert png == tmp_path / "table7.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # No runs at all: ours_mean is a null column, only the paper's points are drawn.
     paper_only, _ = table7({"caltech256": runs["caltech256"].slice(0, 0)})
     assert paper_only["ours_mean"].null_count == paper_only.num_rows
-    assert plot_table7(paper_only, tmp_path / "paper_only.png").read_bytes()[:4] == b"\x89PNG"
+    assert render_table7(paper_only, tmp_path / "paper_only.png").read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["paper_only.png", "table7.png"]  # no temp files left
+
+
+def test_table7_names_the_target_as_the_user_does_and_flags_unconverged_fits(tmp_path):
+    X, y, ids = make_features([40] * 3, dim=8, separation=1.0)
+    splits = class_splits(ids, y, 30, max_test=10, n_splits=2)
+    runs = evaluate_splits(X, y, ids, splits, ProbeConfig(kind="svm", c_grid=(1.0, 10.0)), layer="conv5")
+    assert all(runs["converged"].to_pylist())
+    paper, md = table7({"caltech101": runs})
+    assert "caltech101 (30/class) paper" in md and "Did not converge" not in md
+    # A user's own images in the Caltech-101 layout: their name, no paper column beside them.
+    own, md = table7({"caltech101": runs}, names={"caltech101": "birds"})
+    assert set(own["dataset"].to_pylist()) == {"birds"} and own["paper_mean"].null_count == own.num_rows
+    assert "birds (30/class) ours" in md and "paper" not in md.split("\n")[2]
+    assert render_table7(own, tmp_path / "own.png").read_bytes()[:4] == b"\x89PNG"
+    stuck = pa.Table.from_pylist([{**r, "converged": r["split_index"] != 1} for r in runs.to_pylist()], schema=runs.schema)
+    _, md = table7({"caltech101": stuck}, names={"caltech101": "birds"})
+    assert md.endswith("Did not converge, included in the means: birds: ImageNet-pretrained convnet (svm on conv5), "
+                       "30/class, split 1.")
+
+
+def test_publish_writes_a_table_where_a_reader_looks(tmp_path):
+    table = pa.table({"row": ["a", "b"], "ours_mean": [1.0, None], "per_class": [[1.0], [2.0]]})
+    record = publish(table, "| row |\n|---|", tmp_path / "table9", "table9")
+    assert record["path"] == str(tmp_path / "table9" / "table9.parquet") and pq.read_table(record["path"]).equals(table)
+    assert Path(record["csv"]).read_text().splitlines() == ['"row","ours_mean"', '"a",1', '"b",']
+    assert Path(record["md"]).read_text() == "| row |\n|---|\n" and record["markdown"] == "| row |\n|---|"
+    assert sorted(p.name for p in (tmp_path / "table9").iterdir()) == ["table9.csv", "table9.md", "table9.parquet"]
 
 
 def test_load_features_reads_fixed_size_lists(tmp_path):

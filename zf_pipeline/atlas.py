@@ -36,16 +36,9 @@ from zf_pipeline.atlas_html import GOTO_JS, KEYS_JS, copy_png, figure, img, page
 from zf_pipeline.deconv import DEFAULT_NORM, Norm
 from zf_pipeline.io import atomic_path
 from zf_pipeline.models.zfnet import CONV_LAYERS, receptive_field
-from zf_pipeline.render import (
-    GAP,
-    ImageSource,
-    Top9Tiles,
-    _records,
-    _to_pil,
-    choose_maps,
-    render_evolution,
-    top9_tiles,
-)
+from zf_pipeline.render.common import GAP, ImageSource, _to_pil
+from zf_pipeline.render.fig3 import render_fig3
+from zf_pipeline.render.fig8 import Top9Tiles, _records, choose_maps, top9_tiles
 
 logger = logging.getLogger(__name__)
 
@@ -271,12 +264,12 @@ def _write_evolution(
     ev = next((e for e in evolutions if e.layer == layer), None)
     if ev is None:
         return set()
-    render_evolution(ev.projections, ev.ys, ev.xs, rf, ev.epochs, folder / "img" / "evolution.png")
+    render_fig3(ev.projections, ev.ys, ev.xs, rf, ev.epochs, folder / "img" / "evolution.png")
     evolved = set()
     for i, channel in enumerate(ev.channels):
         if channel in shown:
             row = slice(i, i + 1)
-            render_evolution(ev.projections[row], ev.ys[row], ev.xs[row], rf, ev.epochs,
+            render_fig3(ev.projections[row], ev.ys[row], ev.xs[row], rf, ev.epochs,
                              folder / "img" / f"{_unit_name(channel)}_evolution.png")
             evolved.add(channel)
     return evolved

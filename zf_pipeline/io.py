@@ -1,15 +1,17 @@
-"""Atomic file output: no partial result is ever visible under its final name."""
+"""Atomic file output (no partial result is ever visible under its final name), and the JSON records of
+what each pipeline step produced, their paths relative to the output root."""
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pyarrow
@@ -105,3 +107,42 @@ def write_table(table: "pyarrow.Table", stem: str | os.PathLike) -> tuple[Path, 
     with atomic_path(csv) as tmp:
         pacsv.write_csv(flat, tmp)
     return parquet, csv
+
+
+# Paths inside the output root are stored as ${ZF_OUTPUT_ROOT}/...: a moved or copied root resolves to itself.
+ROOT = "${ZF_OUTPUT_ROOT}"
+
+
+def root_relative(obj: Any, root: str | os.PathLike) -> Any:
+    """``obj`` (JSON-like) with every path inside the output ``root`` written as ``${ZF_OUTPUT_ROOT}/<relative>``."""
+    if isinstance(obj, os.PathLike):
+        obj = os.fspath(obj)
+    if isinstance(obj, str):
+        prefix = str(Path(root).resolve())
+        return ROOT + obj[len(prefix):] if obj == prefix or obj.startswith(prefix + os.sep) else obj
+    if isinstance(obj, dict):
+        return {k: root_relative(v, root) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [root_relative(v, root) for v in obj]
+    return obj
+
+
+def resolve_root(obj: Any, root: str | os.PathLike) -> Any:
+    """The inverse of :func:`root_relative`: ``${ZF_OUTPUT_ROOT}`` becomes the current output ``root``."""
+    if isinstance(obj, str):
+        return str(Path(root).resolve()) + obj[len(ROOT):] if obj.startswith(ROOT) else obj
+    if isinstance(obj, dict):
+        return {k: resolve_root(v, root) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [resolve_root(v, root) for v in obj]
+    return obj
+
+
+def write_record(path: Path, record: Any, root: str | os.PathLike) -> None:
+    """Write a JSON record atomically, its paths relative to the output ``root``."""
+    write_bytes_atomic(path, json.dumps(root_relative(record, root), indent=2, default=str).encode())
+
+
+def read_record(path: Path, root: str | os.PathLike) -> Any:
+    """A record written by :func:`write_record`, its paths resolved against the current output ``root``."""
+    return resolve_root(json.loads(path.read_text()), root)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from zf_pipeline.data.shards import IncompleteShards, ShardFormatError, iter_shard, load_summary
+from zf_pipeline.data.shard_format import IncompleteShards, ShardFormatError, iter_shard, load_summary
 from zf_pipeline.data.stream import ShardStream
 
 log = logging.getLogger(__name__)

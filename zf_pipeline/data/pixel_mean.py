@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from zf_pipeline.data.shards import iter_shard, load_summary, shard_paths
+from zf_pipeline.data.shard_format import iter_shard, load_summary, shard_paths
 from zf_pipeline.io import atomic_path
 
 logger = logging.getLogger(__name__)

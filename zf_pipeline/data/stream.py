@@ -31,7 +31,7 @@ import torch.multiprocessing as mp
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from zf_pipeline.data.records import tar_members
-from zf_pipeline.data.shards import ShardFormatError
+from zf_pipeline.data.shard_format import ShardFormatError
 
 log = logging.getLogger(__name__)
 

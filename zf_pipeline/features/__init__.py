@@ -20,7 +20,7 @@ pass split over torchrun ranks, then merged), ``__main__`` (the CLI of the shard
 """
 
 from zf_pipeline.features.extraction import extract
-from zf_pipeline.features.outputs import CONV_FEATURE_GRID, summarize
+from zf_pipeline.features.outputs import CONV_FEATURE_GRID, maxima_and_vectors
 from zf_pipeline.features.schema import (
     ACTIVATION_ROW_GROUP_ROWS,
     ACTIVATION_SCHEMA,
@@ -39,5 +39,5 @@ __all__ = [
     "ACTIVATION_ROW_GROUP_ROWS", "ACTIVATION_SCHEMA", "ACTIVATION_WRITE_OPTIONS", "CONV_FEATURE_GRID",
     "FEATURE_WRITE_OPTIONS",
     "RING_SLOTS", "SUMMARY_FILE", "ExtractionSummary", "LayerInfo", "PartitionWriter", "WriterOptions", "Writers",
-    "activation_table", "extract", "extract_part", "feature_schema", "merge_parts", "parts_dir", "summarize",
+    "activation_table", "extract", "extract_part", "feature_schema", "merge_parts", "parts_dir", "maxima_and_vectors",
 ]

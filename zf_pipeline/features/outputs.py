@@ -26,7 +26,7 @@ def _map_maxima(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return a.flatten(2).max(dim=2)
 
 
-def summarize(
+def maxima_and_vectors(
     model: ZFNet, acts: dict[str, torch.Tensor], activation_layers: Sequence[str], feature_layers: Sequence[str],
     grid: int = CONV_FEATURE_GRID,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
@@ -67,7 +67,7 @@ def batch_outputs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The rest of one batch on the device: the packed copy for the host (:meth:`Writers.pack`), and whether
     all map maxima are finite. ``widths``: the map width of every activations column."""
-    value, pos, vectors = summarize(model, acts, act_layers, feature_layers)
+    value, pos, vectors = maxima_and_vectors(model, acts, act_layers, feature_layers)
     # y and x are split off on the device, where the integer division is free (on the host: the writers' largest cost).
     y = torch.div(pos, widths, rounding_mode="floor")
     x = (pos - y * widths).short()
@@ -100,7 +100,7 @@ def layer_shapes(
     names = list(dict.fromkeys([*act_layers, *feature_layers]))
     with torch.inference_mode():
         acts = model.forward_layers(sample[:1], names)
-        _, _, vectors = summarize(model, acts, [], feature_layers)
+        _, _, vectors = maxima_and_vectors(model, acts, [], feature_layers)
     shapes = {}
     for name in names:
         s = acts[name].shape

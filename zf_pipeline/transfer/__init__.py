@@ -2,10 +2,12 @@
 
     splits    seeded Caltech train/test splits as tables (image_id, split_index, role)
     probes    linear SVM / softmax: scikit-learn reference and a batched torch L-BFGS probe, C by CV
-    protocol  a probe over every split (Caltech) or train -> val (PASCAL VOC, multi-label)
+    protocol  a probe over every split (Caltech) or train -> val (PASCAL VOC, multi-label); run checks
     metrics   mean per-class accuracy, VOC average precision
-    tables    Tables 4-7 and Fig. 7 beside the paper's numbers, their plots; Parquet/CSV writers; check helpers
+    scratch   the "non-pretrained" rows: the network trained from scratch on a split
     loading   one layer's features from the features stage's Parquet
+
+Tables 4-7 and Fig. 7's numbers beside the paper's: :mod:`zf_pipeline.tables`; their plots: :mod:`zf_pipeline.render`.
 """
 
 from zf_pipeline.io import write_table
@@ -23,6 +25,9 @@ from zf_pipeline.transfer.protocol import (
     VOC_CLASSES,
     evaluate_splits,
     evaluate_voc,
+    missing_values,
+    out_of_range,
+    run_problems,
     run_row,
     voc_training_samples,
 )
@@ -36,23 +41,11 @@ from zf_pipeline.transfer.splits import (
     split_problems,
     split_rows,
 )
-from zf_pipeline.transfer.tables import (
-    fig7,
-    missing_values,
-    out_of_range,
-    plot_fig7,
-    plot_table7,
-    run_problems,
-    table4,
-    table5,
-    table6,
-    table7,
-)
 
 __all__ = [
     "FIG7_N_TRAIN", "TABLE4_N_TRAIN", "TABLE5_N_TRAIN", "RUN_SCHEMA", "VOC_CLASSES", "Probe", "ProbeConfig", "TooFewImagesError", "average_precision", "class_splits",
-    "confusion_matrix", "evaluate_splits", "evaluate_voc", "fig7", "fit_probe", "load_features",
+    "confusion_matrix", "evaluate_splits", "evaluate_voc", "fit_probe", "load_features",
     "mean_per_class_accuracy", "mean_per_class_accuracy_from_predictions", "missing_values", "out_of_range",
-    "per_class_accuracy", "plot_fig7", "plot_table7", "protocol_splits", "run_problems", "run_row", "split_problems",
-    "split_rows", "table4", "table5", "table6", "table7", "voc_training_samples", "write_table",
+    "per_class_accuracy", "protocol_splits", "run_problems", "run_row", "split_problems",
+    "split_rows", "voc_training_samples", "write_table",
 ]

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from zf_pipeline.transfer.metrics import average_precision, confusion_matrix, per_class_accuracy
-from zf_pipeline.transfer.probes import ProbeConfig, fit_probe
+from zf_pipeline.transfer.metrics import (
+    average_precision,
+    confusion_matrix,
+    per_class_accuracy,
+)
+from zf_pipeline.transfer.probes import Probe, ProbeConfig, fit_probe
 from zf_pipeline.transfer.splits import split_keys, split_rows
 
 log = logging.getLogger(__name__)
+
+EDGE_MARGIN = 1.0  # cross-validated accuracy points: about one validation image in a hundred
 
 RUN_SCHEMA = pa.schema(
     [
@@ -58,9 +65,12 @@ def evaluate_splits(
     y = np.asarray(y, dtype=np.int64)
     n_classes = int(y.max()) + 1
     rows: list[dict] = []
+    edge: list[float] = []
     for n_train, split_index in tqdm(split_keys(splits), desc=f"{config.kind} on {layer}", leave=False):
         train, test = split_rows(splits, image_ids, n_train, split_index)
         probe = fit_probe(X[train], y[train], config)
+        if short_of_optimum(probe, config.c_grid):
+            edge.append(probe.c)
         rows.append(
             run_row(
                 y[test], probe.predict(X[test]), n_classes, method=method, layer=layer, classifier=config.kind,
@@ -70,11 +80,22 @@ def evaluate_splits(
         )
         log.info("%s %s n_train=%d split %d: %.2f%% (C=%g)", config.kind, layer, n_train, split_index,
                  rows[-1]["accuracy"], probe.c)
-    edge = [r["c"] for r in rows if len(config.c_grid) > 1 and r["c"] in (min(config.c_grid), max(config.c_grid))]
-    if edge:  # the cross-validated optimum may lie beyond the grid
-        log.warning("%s on %s: C at the edge of the grid %s on %d of %d splits (C=%s): consider a wider c_grid",
-                    config.kind, layer, list(config.c_grid), len(edge), len(rows), sorted(set(edge)))
+    if edge:
+        log.warning("%s on %s: C at the edge of the grid %s, its cross-validated accuracy still rising, on %d of %d "
+                    "splits (C=%s): consider a wider c_grid", config.kind, layer, list(config.c_grid), len(edge),
+                    len(rows), sorted(set(edge)))
     return pa.Table.from_pylist(rows, schema=RUN_SCHEMA)
+
+
+def short_of_optimum(probe: Probe, c_grid: Sequence[float]) -> bool:
+    """True when cross-validation chose a C at an end of the grid that beats the next C inward by more than
+    :data:`EDGE_MARGIN`: the optimum may lie beyond the grid. An end within the margin sits on a plateau
+    (weak regularization of L2-normalized features often does), where a wider grid would not help."""
+    grid = sorted(c_grid)
+    if len(grid) < 2 or probe.c not in (grid[0], grid[-1]) or not probe.cv_accuracy:
+        return False
+    inner = grid[1] if probe.c == grid[0] else grid[-2]
+    return probe.cv_accuracy[probe.c] - probe.cv_accuracy[inner] > EDGE_MARGIN
 
 
 def run_row(
@@ -164,3 +185,41 @@ def evaluate_voc(
             "converged": [probe.converged] * n_classes,
         }
     )
+
+
+def missing_values(table: pa.Table, column: str, expected: Iterable) -> list[str]:
+    """Asset-check helper: a message per expected value of ``column`` that the table lacks."""
+    present = set(table[column].to_pylist())
+    return [f"{column}={value!r} is missing" for value in expected if value not in present]
+
+
+def out_of_range(table: pa.Table, columns: Sequence[str], low: float = 0.0, high: float = 100.0) -> list[str]:
+    """Asset-check helper: a message per value of ``columns`` outside ``[low, high]`` (nulls are allowed;
+    NaN is not)."""
+    problems = []
+    for column in columns:
+        values = table[column].to_pylist()
+        for i, value in enumerate(values):
+            if value is not None and not (low <= value <= high):
+                problems.append(f"{column}[{i}] = {value} is outside [{low}, {high}]")
+    return problems
+
+
+def run_problems(runs: pa.Table, *, layers: Iterable[str], n_splits: int, n_classes: int) -> list[str]:
+    """Asset-check helper for :data:`RUN_SCHEMA` runs: every layer present, every split of every
+    (method, layer, classifier, n_train) present, every class scored, accuracies within [0, 100]."""
+    problems = missing_values(runs, "layer", layers)
+    splits: dict[tuple, set[int]] = {}
+    for row in runs.select(["method", "layer", "classifier", "n_train", "split_index"]).to_pylist():
+        splits.setdefault(tuple(row.values())[:4], set()).add(row["split_index"])
+    for key, present in splits.items():
+        if present != set(range(n_splits)):
+            problems.append(f"{key}: splits {sorted(set(range(n_splits)) - present)} are missing")
+    for i, per_class in enumerate(runs["per_class_accuracy"].to_pylist()):
+        unscored = [c for c, value in enumerate(per_class) if value is None or math.isnan(value)]
+        if len(per_class) != n_classes or unscored:
+            problems.append(f"run {i}: {n_classes} classes expected, {len(per_class)} scored, "
+                            f"classes without test images {unscored[:10]}")
+        problems += [f"run {i}: class {c} accuracy {v} is outside [0, 100]"
+                     for c, v in enumerate(per_class) if v is not None and not 0 <= v <= 100]
+    return problems + out_of_range(runs, ["accuracy"])
