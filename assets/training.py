@@ -78,7 +78,8 @@ def train_config(settings: ZFSettings, config: TrainingConfig, train_dir: str, v
         momentum=config.momentum,
         weight_decay=config.weight_decay or (5e-2 if demo else 5e-4),
         init=init,
-        conv1_init_std=(DEMO_CONV1_INIT_STD if demo else None) if config.conv1_init_std is None else config.conv1_init_std or None,
+        conv1_init_std=(DEMO_CONV1_INIT_STD if demo else None) if config.conv1_init_std is None
+        else config.conv1_init_std or None,
         input_scale=config.input_scale or ((DEMO_INPUT_SCALE if demo else 1 / 64) if init == "kaiming" else 1.0),
         patience=config.patience,
         warmup_epochs=(DEMO_WARMUP_EPOCHS if demo else 0) if config.warmup_epochs is None else config.warmup_epochs,

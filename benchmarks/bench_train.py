@@ -144,7 +144,8 @@ def main() -> None:
     p.add_argument("--width", type=float, default=1.0, help="width multiplier (small values for a CPU dry run)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--filter-radius", type=float, default=None,
-                   help="renormalize conv filters to this RMS after every step (TrainConfig.filter_radius); off by default")
+                   help="renormalize conv filters to this RMS after every step (TrainConfig.filter_radius); "
+                        "off by default")
     p.add_argument("--json")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO)

@@ -122,7 +122,8 @@ def test_training_config_defaults_follow_the_data_and_explicit_values_win():
 
     demo, real = ZFSettings(device="cpu"), ZFSettings(device="cpu", imagenet_root="/data/imagenet")
     d = cfg(demo)
-    assert (d.init, d.conv1_init_std, d.input_scale, d.warmup_epochs, d.filter_radius) == ("kaiming", 1e-2, 1 / 16, 1, None)
+    got = (d.init, d.conv1_init_std, d.input_scale, d.warmup_epochs, d.filter_radius, d.weight_decay, d.epochs)
+    assert got == ("kaiming", 1e-2, 1 / 16, 1, None, 5e-2, 8)
     r = cfg(real)
     assert (r.init, r.conv1_init_std, r.input_scale, r.warmup_epochs, r.filter_radius) == ("normal", None, 1.0, 0, None)
     assert cfg(real, init="kaiming").input_scale == 1 / 64

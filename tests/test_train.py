@@ -210,7 +210,8 @@ def test_resumed_run_ends_bitwise_where_an_uninterrupted_run_ends(data, tmp_path
     resumed = train(cut)
     a, b = whole.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    same = ("epoch", "train_loss", "train_top1_err", "val_top1_err", "val_top5_err", "lr", "lr_drops", "conv1_hf_median")
+    same = ("epoch", "train_loss", "train_top1_err", "val_top1_err", "val_top5_err", "lr", "lr_drops",
+            "conv1_hf_median")
     assert [[m[k] for k in same] for m in whole.metrics] == [[m[k] for k in same] for m in resumed.metrics]
 
 

@@ -385,7 +385,7 @@ def train(cfg: TrainConfig) -> RunResult:
                     shutil.copyfile(last, tmp)
             write_metrics(out, metrics)
         if stopped:
-            log.info("the lr dropped %d times (max_lr_drops): the run ends at epoch %d", drops, epoch + 1)
+            log.info("plateau %d of max_lr_drops: the run ends at epoch %d", drops, epoch + 1)
             break
 
     final: dict = {}
