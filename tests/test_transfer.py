@@ -12,6 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from zf_pipeline.render import render_fig7, render_table7
+from zf_pipeline.tables import PAPER_TABLE4, PAPER_TABLE7, TABLE7_N_TRAIN, fig7, publish, table4, table5, table6, table7
 from zf_pipeline.transfer import (
     ProbeConfig,
     TooFewImagesError,
@@ -32,11 +34,9 @@ from zf_pipeline.transfer import (
     write_table,
 )
 from zf_pipeline.transfer import probes as probes_module
-from zf_pipeline.transfer.probes import Probe
-from zf_pipeline.transfer.protocol import short_of_optimum
 from zf_pipeline.transfer import protocol as protocol_module
-from zf_pipeline.render import render_fig7, render_table7
-from zf_pipeline.tables import PAPER_TABLE4, PAPER_TABLE7, TABLE7_N_TRAIN, fig7, publish, table4, table5, table6, table7
+from zf_pipeline.transfer.probes import Probe, preprocess, sklearn_fit
+from zf_pipeline.transfer.protocol import short_of_optimum
 
 
 @pytest.fixture(autouse=True)
@@ -188,6 +188,20 @@ def probe_objective(probe, X, y, c):
     value = loss + sum((p**2).sum() for p in penalized) / (2 * c * n)
     grad_w, grad_b = Xp.T @ d_logits + W / (c * n), d_logits.sum(axis=0) + (b / (c * n) if probe.kind == "svm" else 0)
     return value, max(np.abs(grad_w).max(), np.abs(grad_b).max())
+
+
+@pytest.mark.parametrize("kind", ["svm", "softmax"])
+def test_fewer_images_than_dimensions_fit_in_the_row_space_exactly(kind):
+    """With D > N the reference fits on the training rows' span: the same classifier as on all D dimensions."""
+    X, y, _ = make_features([12] * 3, dim=300, separation=0.8)
+    config = ProbeConfig(kind=kind, backend="sklearn", c_grid=(10.0,), cv_folds=2, tol=1e-8, max_iter=5000)
+    probe = fit_probe(X, y, config)
+    Xp = preprocess(X, probe.mean)
+    direct, converged = sklearn_fit(Xp, y, 10.0, config)
+    assert converged and Xp.shape[0] < Xp.shape[1]
+    np.testing.assert_allclose(probe.decision_function(X), direct.decision_function(Xp), rtol=1e-3, atol=1e-3)
+    assert (probe.weight != 0).all()  # in the features' own coordinates, not the row space's
+
 
 
 @pytest.mark.parametrize("kind", ["softmax", "svm"])
@@ -363,7 +377,10 @@ def test_tables_put_paper_numbers_beside_ours(tmp_path):
     assert "86.5 ± 0.5" in md4 and "Did not converge" not in md4
     _, flagged = table4(pa.concat_tables([runs, pa.Table.from_pylist([{**scratch.to_pylist()[0], "converged": False}],
                                                                      schema=runs.schema)]))
-    assert "Did not converge, included in the means: Non-pretrained convnet (convnet on fc8), 30/class, split 0." in flagged
+    assert (
+        "Did not converge, included in the means: Non-pretrained convnet (convnet on fc8), 30/class, split 0."
+        in flagged
+    )
 
     t5, _ = table5(runs)
     assert set(t5.filter(pc.equal(t5["row"], "(Sohn et al., 2011)"))["n_train"].to_pylist()) == {15, 30, 45, 60}
@@ -418,7 +435,9 @@ def test_table7_names_the_target_as_the_user_does_and_flags_unconverged_fits(tmp
     assert set(own["dataset"].to_pylist()) == {"birds"} and own["paper_mean"].null_count == own.num_rows
     assert "birds (30/class) ours" in md and "paper" not in md.split("\n")[2]
     assert render_table7(own, tmp_path / "own.png").read_bytes()[:4] == b"\x89PNG"
-    stuck = pa.Table.from_pylist([{**r, "converged": r["split_index"] != 1} for r in runs.to_pylist()], schema=runs.schema)
+    stuck = pa.Table.from_pylist(
+        [{**r, "converged": r["split_index"] != 1} for r in runs.to_pylist()], schema=runs.schema
+    )
     _, md = table7({"caltech101": stuck}, names={"caltech101": "birds"})
     assert md.endswith("Did not converge, included in the means: birds: ImageNet-pretrained convnet (svm on conv5), "
                        "30/class, split 1.")
