@@ -90,6 +90,7 @@ class Probe:
     bias: np.ndarray  # [K]
     c: float
     cv_accuracy: dict[float, float] = field(default_factory=dict)  # C -> mean per-class accuracy (%) over folds
+    cv_fold_accuracy: dict[float, list[float]] = field(default_factory=dict)  # C -> the same, fold by fold
     converged: bool = True  # every fit of the sweep reached tol within max_iter
     n_iter: int = 0  # iterations of the final fit
 
@@ -170,7 +171,9 @@ def fit_probe(X: np.ndarray, y: np.ndarray, config: ProbeConfig, groups: np.ndar
     weight, bias = sweep.parameters(final)
     return Probe(
         kind=config.kind, classes=classes, mean=sweep.mean, weight=weight, bias=bias, c=c_grid[best],
-        cv_accuracy=cv_accuracy, converged=all(sweep.converged), n_iter=sweep.iterations[final],
+        cv_accuracy=cv_accuracy,
+        cv_fold_accuracy={c: scores[ci].tolist() for ci, c in enumerate(c_grid)} if folds else {},
+        converged=all(sweep.converged), n_iter=sweep.iterations[final],
     )
 
 
