@@ -16,7 +16,16 @@ from assets.transfer import transfer_assets
 from assets.visualization import visualization_assets
 
 settings = ZFSettings.from_env()
-definitions = [*data_assets(settings), training.zfnet_model, training.zfnet_model_learned, training.table1, training.table2, *feature_assets(settings), *visualization_assets, *transfer_assets(settings)]
+definitions = [
+    *data_assets(settings),
+    training.zfnet_model,
+    training.zfnet_model_learned,
+    training.table1,
+    training.table2,
+    *feature_assets(settings),
+    *visualization_assets,
+    *transfer_assets(settings),
+]
 
 defs = dg.Definitions(
     assets=[d for d in definitions if not isinstance(d, dg.AssetChecksDefinition)],

@@ -89,7 +89,9 @@ def source_images(context: dg.AssetExecutionContext, config: DemoConfig, setting
 def _listing_fingerprint(images: ImageSet, root: Path) -> str:
     """The upstream data version of a dataset on disk: its listing (ids and sources) and classes; sources
     inside the output ``root`` (the demo) count relative to it, so a moved root keeps its fingerprints."""
-    return fingerprint(images.classes, [(r.image_id, root_relative(r.source, root), r.label, r.labels) for r in images.records])
+    return fingerprint(
+        images.classes, [(r.image_id, root_relative(r.source, root), r.label, r.labels) for r in images.records]
+    )
 
 
 def shard_asset(name: str, kind: str, split: str, description: str) -> dg.AssetsDefinition:
@@ -102,7 +104,9 @@ def shard_asset(name: str, kind: str, split: str, description: str) -> dg.Assets
         code_version=SHARD_CODE,
         description=description,
     )
-    def _shards(context: dg.AssetExecutionContext, config: ShardConfig, settings: ZFSettings, source_images: dict) -> dict:
+    def _shards(
+        context: dg.AssetExecutionContext, config: ShardConfig, settings: ZFSettings, source_images: dict
+    ) -> dict:
         root = source_images["roots"][kind]
         if not root:
             raise dg.Failure(f"{kind} is not configured: set {readers.ROOT_ENV[kind]} (see data/README.md)")
@@ -180,10 +184,18 @@ def pixel_mean_image(
     def build(out: Path) -> dict:
         mean = pixel_mean.compute_pixel_mean(imagenet_train_shards["path"], workers=config.workers or None)
         pixel_mean.save_pixel_mean(out / "pixel_mean.npy", mean)
-        return {"file": str(out / "pixel_mean.npy"), "shape": list(mean.shape), "rgb_mean": mean.mean(axis=(0, 1)).tolist()}
+        return {
+            "file": str(out / "pixel_mean.npy"),
+            "shape": list(mean.shape),
+            "rgb_mean": mean.mean(axis=(0, 1)).tolist(),
+        }
 
     record = cached_stage(
-        settings.out, "pixel_mean", [code_version(pixel_mean), imagenet_train_shards["fingerprint"]], build, context.log.info
+        settings.out,
+        "pixel_mean",
+        [code_version(pixel_mean), imagenet_train_shards["fingerprint"]],
+        build,
+        context.log.info,
     )
     context.add_output_metadata(
         {**record_md(record), "rgb_mean": dg.MetadataValue.json([round(v, 2) for v in record["rgb_mean"]])}
@@ -204,7 +216,9 @@ class ImageSplit:
 
 IMAGE_SPLITS = (
     ImageSplit("imagenet_train", "imagenet", "train", "ImageNet 2012 train (or the demo source), shuffled"),
-    ImageSplit("imagenet_val", "imagenet", "val", "ImageNet 2012 validation (or the demo source's val)", "top-9 mining, Fig. 8"),
+    ImageSplit(
+        "imagenet_val", "imagenet", "val", "ImageNet 2012 validation (or the demo source's val)", "top-9 mining, Fig. 8"
+    ),
     ImageSplit("caltech101", "caltech101", "all", "Caltech-101 (or the demo target set), all images", "Tables 4, 7"),
     ImageSplit("caltech256", "caltech256", "all", "Caltech-256, all images", "Tables 5, 7, Fig. 7"),
     ImageSplit("voc2012_train", "voc2012", "train", "PASCAL VOC 2012 train", "Table 6"),

@@ -19,7 +19,9 @@ from zf_pipeline.data import loader
 from zf_pipeline.models import CONV_LAYERS, FEATURE_LAYERS, checkpoint
 
 # A package's own source is its __init__ only: the modules of the pass are hashed one by one.
-FEATURES_CODE = code_version(features, features.schema, features.outputs, features.writers, features.extraction, loader, evaluate)
+FEATURES_CODE = code_version(
+    features, features.schema, features.outputs, features.writers, features.extraction, loader, evaluate
+)
 MINING_CODE = code_version(mining, query)
 
 
@@ -55,10 +57,21 @@ def run_extraction(
             device=device, autocast=amp, compile=settings.use_compile(config.compile),
         )
         query.write_views(out / "extraction")
-        return {"extraction": str(out / "extraction"), "images": summary.images, "layers": list(summary.layers),
-                "vector_length": {k: v.vector_length for k, v in summary.layers.items()}, "seconds_pass": summary.seconds}
+        return {
+            "extraction": str(out / "extraction"),
+            "images": summary.images,
+            "layers": list(summary.layers),
+            "vector_length": {k: v.vector_length for k, v in summary.layers.items()},
+            "seconds_pass": summary.seconds,
+        }
 
-    key = [FEATURES_CODE, config.model_dump(), model_record["fingerprint"], shards_record["fingerprint"], mean_record["fingerprint"]]
+    key = [
+        FEATURES_CODE,
+        config.model_dump(),
+        model_record["fingerprint"],
+        shards_record["fingerprint"],
+        mean_record["fingerprint"],
+    ]
     return cached_stage(settings.out, f"features_{name}", key, build, context.log.info)
 
 
@@ -69,11 +82,25 @@ def features_asset(name: str, shards_asset: str, split: str, description: str) -
             for layer in FEATURE_LAYERS}
 
     @dg.multi_asset(
-        name=f"features_{name}", outs=outs, group_name="features", code_version=FEATURES_CODE,
-        ins={"model": dg.AssetIn("zfnet_model"), "shards": dg.AssetIn(shards_asset), "mean": dg.AssetIn("pixel_mean_image")},
+        name=f"features_{name}",
+        outs=outs,
+        group_name="features",
+        code_version=FEATURES_CODE,
+        ins={
+            "model": dg.AssetIn("zfnet_model"),
+            "shards": dg.AssetIn(shards_asset),
+            "mean": dg.AssetIn("pixel_mean_image"),
+        },
         description=description,
     )
-    def _extract(context: dg.AssetExecutionContext, config: ExtractionConfig, settings: ZFSettings, model: dict, shards: dict, mean: dict):
+    def _extract(
+        context: dg.AssetExecutionContext,
+        config: ExtractionConfig,
+        settings: ZFSettings,
+        model: dict,
+        shards: dict,
+        mean: dict,
+    ):
         with settings.gpu_lock(context.log.info):
             record = run_extraction(context, settings, config, name, split, model, shards, mean)
         for layer in FEATURE_LAYERS:
@@ -114,14 +141,26 @@ def top9(context: dg.AssetExecutionContext, config: MiningConfig, settings: ZFSe
     extraction = conv1["extraction"]
 
     def build(out: Path) -> dict:
-        rows = mining.mine_top9(Path(extraction) / "activations", out / "top9.parquet", k=config.k, threads=config.threads or None)
+        rows = mining.mine_top9(
+            Path(extraction) / "activations", out / "top9.parquet", k=config.k, threads=config.threads or None
+        )
         return {"file": str(out / "top9.parquet"), "rows": rows, "extraction": extraction, "k": config.k}
 
-    record = cached_stage(settings.out, "top9", [MINING_CODE, config.model_dump(), conv1["fingerprint"]], build, context.log.info)
+    record = cached_stage(
+        settings.out, "top9", [MINING_CODE, config.model_dump(), conv1["fingerprint"]], build, context.log.info
+    )
     # The README's entry point: the output root's views, over this run's extraction and top-9.
     query.write_views(settings.out, extraction, record["file"])
-    context.add_output_metadata({**record_md(record), "rows": record["rows"], "duckdb": dg.MetadataValue.md(
-        f"```\ncd {settings.out} && duckdb -init views.sql\n```\nor in Python: `zf_pipeline.query.connect({str(settings.out)!r})`")})
+    context.add_output_metadata(
+        {
+            **record_md(record),
+            "rows": record["rows"],
+            "duckdb": dg.MetadataValue.md(
+                f"```\ncd {settings.out} && duckdb -init views.sql\n```\n"
+                f"or in Python: `zf_pipeline.query.connect({str(settings.out)!r})`"
+            ),
+        }
+    )
     return record
 
 

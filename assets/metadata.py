@@ -37,7 +37,13 @@ def record_md(record: dict[str, Any]) -> dict[str, dg.MetadataValue]:
 def publish_table(context: dg.AssetExecutionContext, folder: Path, name: str, table: Any, markdown: str) -> dict:
     """Write a results table with :func:`zf_pipeline.tables.publish`, show it inline, say where its files are."""
     record = publish(table, markdown, folder, name)
-    context.add_output_metadata({"table": dg.MetadataValue.md(markdown), "parquet": dg.MetadataValue.path(record["path"]),
-                                 "csv": dg.MetadataValue.path(record["csv"]), "markdown": dg.MetadataValue.path(record["md"])})
+    context.add_output_metadata(
+        {
+            "table": dg.MetadataValue.md(markdown),
+            "parquet": dg.MetadataValue.path(record["path"]),
+            "csv": dg.MetadataValue.path(record["csv"]),
+            "markdown": dg.MetadataValue.path(record["md"]),
+        }
+    )
     context.log.info(f"{name}: {Path(record['path']).with_suffix('')}.{{csv,parquet,md}}")
     return record

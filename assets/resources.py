@@ -1,14 +1,15 @@
 """Resources: where the data is and where outputs go, from environment variables.
 
-| variable | meaning | default |
-| --- | --- | --- |
-| ZF_OUTPUT_ROOT | every asset's output folder | ``./outputs`` |
-| ZF_IMAGENET_ROOT | ImageNet (``train/``, ``val/`` folders or the official tars + devkit) | the generated demo |
-| ZF_CALTECH101_ROOT | Caltech-101 (holding ``101_ObjectCategories``) | the demo's target set while ImageNet is the demo too; else not evaluated |
-| ZF_CALTECH256_ROOT | Caltech-256 (holding ``256_ObjectCategories``) | not evaluated |
-| ZF_VOC2012_ROOT | PASCAL VOC 2012 (holding ``VOCdevkit/VOC2012`` or ``JPEGImages``) | not evaluated |
-| ZF_CALTECH101_NAME, ZF_CALTECH256_NAME | what the images at that root are called in the tables (your own data) | the paper's dataset name; ``demo_target`` on the demo |
-| ZF_DEVICE | torch device for training / extraction (checked when the code location loads) | ``cuda`` if available, else ``cpu`` |
+- ZF_OUTPUT_ROOT: every asset's output folder (default ``./outputs``)
+- ZF_IMAGENET_ROOT: ImageNet (``train/``, ``val/`` folders or the official tars + devkit); default: the generated demo
+- ZF_CALTECH101_ROOT: Caltech-101 (holding ``101_ObjectCategories``); default: the demo's target set while ImageNet
+  is the demo too, else not evaluated
+- ZF_CALTECH256_ROOT: Caltech-256 (holding ``256_ObjectCategories``); default: not evaluated
+- ZF_VOC2012_ROOT: PASCAL VOC 2012 (holding ``VOCdevkit/VOC2012`` or ``JPEGImages``); default: not evaluated
+- ZF_CALTECH101_NAME, ZF_CALTECH256_NAME: what the images at that root are called in the tables (your own data);
+  default: the paper's dataset name, ``demo_target`` on the demo
+- ZF_DEVICE: torch device for training / extraction (checked when the code location loads); default ``cuda`` if
+  available, else ``cpu``
 
 GPU assets run one at a time per device and output root: each holds :meth:`ZFSettings.gpu_lock`, an
 flock the OS releases when its process dies (even by ``kill -9``), so a killed run never blocks the next.
@@ -128,7 +129,9 @@ class ZFSettings(dg.ConfigurableResource):
         device = self.torch_device()
         name = "cuda:0" if device == "cuda" else device
         folder = self.out / "_locks" / name.replace(":", "-")
-        with folder_lock(folder, waiting=lambda pid: log(f"waiting for the GPU lock ({name}) held by pid {pid}: {folder}/.lock")):
+        with folder_lock(
+            folder, waiting=lambda pid: log(f"waiting for the GPU lock ({name}) held by pid {pid}: {folder}/.lock")
+        ):
             yield
 
     def record(self, asset: str) -> dict:

@@ -28,7 +28,11 @@ from zf_pipeline.io import write_table
 from zf_pipeline.models import CONV_LAYERS, checkpoint, receptive_field
 
 VIS_CODE = code_version(deconv, render, inputs, evolution, occlusion, invariance, correspondence)
-UPSTREAM = {"model": dg.AssetIn("zfnet_model"), "val": dg.AssetIn("imagenet_val_shards"), "mean": dg.AssetIn("pixel_mean_image")}
+UPSTREAM = {
+    "model": dg.AssetIn("zfnet_model"),
+    "val": dg.AssetIn("imagenet_val_shards"),
+    "mean": dg.AssetIn("pixel_mean_image"),
+}
 
 
 def val_images(settings: ZFSettings, model: dict, val: dict, mean: dict) -> ValImages:
@@ -50,7 +54,15 @@ class Fig8Config(dg.Config):
 
 
 @dg.asset(group_name="visualization", kinds={"pytorch", "png"}, code_version=VIS_CODE, ins=UPSTREAM)
-def fig8(context: dg.AssetExecutionContext, config: Fig8Config, settings: ZFSettings, top9: dict, model: dict, val: dict, mean: dict) -> dict:
+def fig8(
+    context: dg.AssetExecutionContext,
+    config: Fig8Config,
+    settings: ZFSettings,
+    top9: dict,
+    model: dict,
+    val: dict,
+    mean: dict,
+) -> dict:
     """Fig. 8: for layers 1-5, the top-9 activations of sampled feature maps over the validation set, each
     projected to pixels with the deconvnet (section 2.1), beside the image patches that caused them;
     layer 1 also shows its filters."""
@@ -59,15 +71,30 @@ def fig8(context: dg.AssetExecutionContext, config: Fig8Config, settings: ZFSett
         vis = val_images(settings, model, val, mean)
         rows = pq.read_table(top9["file"]).to_pylist()
         images = vis.lookup({r["image_id"] for r in rows})
-        paths = render.render_fig8(vis.net, rows, images, out, [l for l in config.layers if l in vis.net.layers],
-                                   config.maps or None, config.seed, config.norm, vis.display_mean)
+        paths = render.render_fig8(
+            vis.net,
+            rows,
+            images,
+            out,
+            [layer for layer in config.layers if layer in vis.net.layers],
+            config.maps or None,
+            config.seed,
+            config.norm,
+            vis.display_mean,
+        )
         return {"pngs": {k: str(v) for k, v in paths.items()}}
 
     record = _vis_stage(context, settings, "fig8", config, [top9, model], build)
-    context.add_output_metadata({
-        **record_md(record),
-        **{f"fig8_{layer}": image_md(path, title=f"Fig. 8, {layer}") for layer, path in record["pngs"].items() if layer != "composed"},
-    })
+    context.add_output_metadata(
+        {
+            **record_md(record),
+            **{
+                f"fig8_{layer}": image_md(path, title=f"Fig. 8, {layer}")
+                for layer, path in record["pngs"].items()
+                if layer != "composed"
+            },
+        }
+    )
     return record
 
 
@@ -79,7 +106,9 @@ class Fig3Config(dg.Config):
 
 
 @dg.asset(group_name="visualization", kinds={"pytorch", "png"}, code_version=VIS_CODE, ins=UPSTREAM)
-def fig3(context: dg.AssetExecutionContext, config: Fig3Config, settings: ZFSettings, model: dict, val: dict, mean: dict) -> dict:
+def fig3(
+    context: dg.AssetExecutionContext, config: Fig3Config, settings: ZFSettings, model: dict, val: dict, mean: dict
+) -> dict:
     """Fig. 3: the strongest activation of sampled feature maps, projected, at each kept training
     checkpoint (epochs 1, 2, 5, 10, 20, 30, 40, 64 where reached), one column per epoch."""
 
@@ -94,8 +123,8 @@ def fig3(context: dg.AssetExecutionContext, config: Fig3Config, settings: ZFSett
             for path in kept:
                 yield epoch_of.get(path, model["final"]["epochs"]), checkpoint.load_model(path, vis.device)
 
-        maps = {l: render.choose_maps(vis.net.get_submodule(l).out_channels, config.maps, config.seed)
-                for l in config.layers if l in vis.net.layers}
+        maps = {layer: render.choose_maps(vis.net.get_submodule(layer).out_channels, config.maps, config.seed)
+                for layer in config.layers if layer in vis.net.layers}
         pngs = {}
         for layer, evo in evolution.feature_evolution(checkpoints(), lambda: iter(inputs), maps).items():
             pngs[layer] = str(render.render_fig3(evo.projections, evo.ys, evo.xs, receptive_field(vis.net, layer),
@@ -115,7 +144,9 @@ class Fig5Config(dg.Config):
 
 
 @dg.asset(group_name="visualization", kinds={"pytorch", "png", "parquet"}, code_version=VIS_CODE, ins=UPSTREAM)
-def fig5(context: dg.AssetExecutionContext, config: Fig5Config, settings: ZFSettings, model: dict, val: dict, mean: dict) -> dict:
+def fig5(
+    context: dg.AssetExecutionContext, config: Fig5Config, settings: ZFSettings, model: dict, val: dict, mean: dict
+) -> dict:
     """Fig. 5: a grey square swept over the image; per position, the total activity of the strongest
     layer-5 map of the unoccluded image, the correct-class probability and the most probable label."""
 
@@ -125,7 +156,11 @@ def fig5(context: dg.AssetExecutionContext, config: Fig5Config, settings: ZFSett
         size = config.size or max(8, round(vis.crop * 48 / 224))
         stride = config.stride or max(1, size // 6)
         images, labels = [x for x, _ in picked.values()], [label for _, label in picked.values()]
-        results = occlusion.occlusion_sensitivities(vis.net, torch.stack(images), labels, size=size, stride=stride) if images else []
+        results = (
+            occlusion.occlusion_sensitivities(vis.net, torch.stack(images), labels, size=size, stride=stride)
+            if images
+            else []
+        )
         rows, pngs = [], []
         for n, (image_id, x, result) in enumerate(zip(picked, images, results)):
             rows += [{"image_id": image_id, **r} for r in result.rows()]
@@ -135,7 +170,9 @@ def fig5(context: dg.AssetExecutionContext, config: Fig5Config, settings: ZFSett
         return {"pngs": pngs, "images": list(picked), "size": size, "stride": stride}
 
     record = _vis_stage(context, settings, "fig5", config, [model, val], build)
-    context.add_output_metadata({**record_md(record), **{f"fig5_{i}": image_md(p, 1200) for i, p in enumerate(record["pngs"])}})
+    context.add_output_metadata(
+        {**record_md(record), **{f"fig5_{i}": image_md(p, 1200) for i, p in enumerate(record["pngs"])}}
+    )
     return record
 
 
@@ -145,7 +182,9 @@ class Fig4Config(dg.Config):
 
 
 @dg.asset(group_name="visualization", kinds={"pytorch", "png", "parquet"}, code_version=VIS_CODE, ins=UPSTREAM)
-def fig4(context: dg.AssetExecutionContext, config: Fig4Config, settings: ZFSettings, model: dict, val: dict, mean: dict) -> dict:
+def fig4(
+    context: dg.AssetExecutionContext, config: Fig4Config, settings: ZFSettings, model: dict, val: dict, mean: dict
+) -> dict:
     """Fig. 4: vertical translation, scale and rotation of sample images; Euclidean distance between the
     transformed and original feature vectors at layers 1 and 7, and the true-class probability."""
 
@@ -177,14 +216,20 @@ def table3(context: dg.AssetExecutionContext, config: Table3Config, settings: ZF
     """Table 3: mask the same part (eyes, nose) in several images and measure how consistently the sign
     of the feature change agrees across images at layers 5 and 7 (mean normalized Hamming distance over
     image pairs, lower = tighter correspondence), against masks at random positions."""
-    parts_file = config.parts or source_images["roots"].get("correspondence") or str(Path(__file__).parents[1] / "docs" / "table3_parts_imagenette.json")
+    parts_file = (
+        config.parts
+        or source_images["roots"].get("correspondence")
+        or str(Path(__file__).parents[1] / "docs" / "table3_parts_imagenette.json")
+    )
 
     def build(out: Path) -> dict:
         vis = val_images(settings, model, val, mean)
         parts = correspondence.load_parts_config(parts_file)
         images, sizes = part_images(vis, parts)
         parts = correspondence.in_input_pixels(parts, sizes, resize=vis.split.size, crop=vis.crop)
-        rows = correspondence.correspondence(vis.net, images, parts, [l for l in ("conv5", "fc7") if l in vis.net.layers])
+        rows = correspondence.correspondence(
+            vis.net, images, parts, [layer for layer in ("conv5", "fc7") if layer in vis.net.layers]
+        )
         table = pa.Table.from_pylist(rows)
         write_table(table, out / "table3")
         return {"png": str(render.render_table3(rows, out / "table3.png")), "rows": rows, "parts_file": parts_file}
@@ -192,7 +237,9 @@ def table3(context: dg.AssetExecutionContext, config: Table3Config, settings: ZF
     record = _vis_stage(context, settings, "table3", config, [model, val], build)
     md = "| part | layer | mean | std |\n|---|---|---|---|\n" + "".join(
         f"| {r['part']} | {r['layer']} | {r['mean']:.3f} | {r['std']:.3f} |\n" for r in record["rows"])
-    context.add_output_metadata({**record_md(record), "table": dg.MetadataValue.md(md), "plot": image_md(record["png"])})
+    context.add_output_metadata(
+        {**record_md(record), "table": dg.MetadataValue.md(md), "plot": image_md(record["png"])}
+    )
     return record
 
 
@@ -201,11 +248,35 @@ class AtlasConfig(dg.Config):
     norm: str = deconv.DEFAULT_NORM
 
 
-@dg.asset(group_name="visualization", kinds={"html", "pytorch"}, code_version=code_version(atlas_site, render, deconv),
-          ins={**UPSTREAM, "fig8": dg.AssetIn("fig8"), "fig3": dg.AssetIn("fig3"), "fig4": dg.AssetIn("fig4"), "fig5": dg.AssetIn("fig5"),
-               "table3": dg.AssetIn("table3"), "table7": dg.AssetIn("table7")})
-def atlas(context: dg.AssetExecutionContext, config: AtlasConfig, settings: ZFSettings, top9: dict, model: dict, val: dict,
-          mean: dict, fig8: dict, fig3: dict, fig4: dict, fig5: dict, table3: dict, table7: dict) -> dict:
+@dg.asset(
+    group_name="visualization",
+    kinds={"html", "pytorch"},
+    code_version=code_version(atlas_site, render, deconv),
+    ins={
+        **UPSTREAM,
+        "fig8": dg.AssetIn("fig8"),
+        "fig3": dg.AssetIn("fig3"),
+        "fig4": dg.AssetIn("fig4"),
+        "fig5": dg.AssetIn("fig5"),
+        "table3": dg.AssetIn("table3"),
+        "table7": dg.AssetIn("table7"),
+    },
+)
+def atlas(
+    context: dg.AssetExecutionContext,
+    config: AtlasConfig,
+    settings: ZFSettings,
+    top9: dict,
+    model: dict,
+    val: dict,
+    mean: dict,
+    fig8: dict,
+    fig3: dict,
+    fig4: dict,
+    fig5: dict,
+    table3: dict,
+    table7: dict,
+) -> dict:
     """A static HTML atlas of the trained network (opens from disk, no server): per layer every feature
     map's top-9 deconvnet projections and image patches (section 4, Fig. 8), its evolution over training
     (Fig. 3), the occlusion and invariance figures (Figs. 4, 5), Table 3 and the transfer tables."""
@@ -251,9 +322,19 @@ def pngs_check(asset: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
                     im.verify()
             except (OSError, SyntaxError) as error:
                 bad.append(f"{path}: {error}")
-        return dg.AssetCheckResult(passed=bool(paths) and not bad, metadata={"pngs": len(paths), "unreadable": dg.MetadataValue.json(bad)})
+        return dg.AssetCheckResult(
+            passed=bool(paths) and not bad, metadata={"pngs": len(paths), "unreadable": dg.MetadataValue.json(bad)}
+        )
 
     return _check
 
 
-visualization_assets = [fig8, fig3, fig5, fig4, table3, atlas, *[pngs_check(a) for a in (fig8, fig3, fig5, fig4, table3)]]
+visualization_assets = [
+    fig8,
+    fig3,
+    fig5,
+    fig4,
+    table3,
+    atlas,
+    *[pngs_check(a) for a in (fig8, fig3, fig5, fig4, table3)],
+]

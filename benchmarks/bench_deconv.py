@@ -11,7 +11,8 @@
    one call (their copies share batches); one image per call is shown beside it.
 
 On the H100:   python benchmarks/bench_deconv.py --device cuda --variant ours
-On a CPU:      python benchmarks/bench_deconv.py --device cpu --width 0.1 --images 16 --maps-per-layer 4 --occlusion-images 2
+On a CPU:      python benchmarks/bench_deconv.py --device cpu --width 0.1 --images 16 --maps-per-layer 4 \
+                   --occlusion-images 2
 """
 
 from __future__ import annotations
@@ -65,7 +66,9 @@ def top9_seeds(model: ZFNet, images: torch.Tensor, layer: str, maps: int, chunk:
     return i[top, c].flatten(), c.flatten(), (f[top, c] // width).flatten(), (f[top, c] % width).flatten()
 
 
-def autograd_baseline(model: ZFNet, images: torch.Tensor, layer: str, seeds: tuple[torch.Tensor, ...], batch: int) -> None:
+def autograd_baseline(
+    model: ZFNet, images: torch.Tensor, layer: str, seeds: tuple[torch.Tensor, ...], batch: int
+) -> None:
     """Input gradients of the same units, batch by batch: one forward and one backward per chunk."""
     idx, ch, ys, xs = seeds
     for start in range(0, len(idx), batch):
@@ -85,7 +88,9 @@ def main() -> None:
     p.add_argument("--images", type=int, default=512, help="pool of images the top-9 are mined from")
     p.add_argument("--maps-per-layer", type=int, default=0, help="0 = every map")
     p.add_argument("--batch-size", type=int, default=256, help="seeds per pass down")
-    p.add_argument("--captum-seeds", type=int, default=64, help="seeds for the one-at-a-time captum baseline (0 = skip)")
+    p.add_argument(
+        "--captum-seeds", type=int, default=64, help="seeds for the one-at-a-time captum baseline (0 = skip)"
+    )
     p.add_argument("--occlusion-images", type=int, default=32, help="images per occlusion_sensitivities call")
     p.add_argument("--occlusion-size", type=int, default=48)
     p.add_argument("--occlusion-stride", type=int, default=8)
@@ -99,7 +104,9 @@ def main() -> None:
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     model = build(variant(args.variant, width=args.width, input_size=args.input_size), seed=0).to(device).eval()
-    images = torch.randn(args.images, 3, args.input_size, args.input_size, generator=torch.Generator().manual_seed(0)).to(device)
+    images = torch.randn(
+        args.images, 3, args.input_size, args.input_size, generator=torch.Generator().manual_seed(0)
+    ).to(device)
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if args.amp else contextlib.nullcontext()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"# deconvnet benchmark: {args.variant} width {args.width}, {args.input_size}px, {name}, amp={args.amp}\n")
@@ -112,7 +119,9 @@ def main() -> None:
             maps = model.get_submodule(layer).out_channels if args.maps_per_layer <= 0 else args.maps_per_layer
             seeds = top9_seeds(model, images, layer, maps, args.batch_size)
             idx, ch, ys, xs = seeds
-            ours = timed(lambda: project(model, images, layer, ch, ys, xs, image_index=idx, batch_size=args.batch_size), device)
+            ours = timed(
+                lambda: project(model, images, layer, ch, ys, xs, image_index=idx, batch_size=args.batch_size), device
+            )
             base = timed(lambda: autograd_baseline(model, images, layer, seeds, args.batch_size), device)
             cap = float("nan")
             if args.captum_seeds:
@@ -131,7 +140,9 @@ def main() -> None:
             total_n, total_s = total_n + n, total_s + ours
             rows.append((layer, n, ours, 1e3 * ours / n, 1e3 * base / n, 1e3 * cap))
 
-    print("| layer | projections | ours s | ours ms/proj | autograd ms/proj | captum 1-by-1 ms/proj | speedup vs captum |")
+    print(
+        "| layer | projections | ours s | ours ms/proj | autograd ms/proj | captum 1-by-1 ms/proj | speedup vs captum |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for layer, n, s, ms, base_ms, cap_ms in rows:
         print(f"| {layer} | {n} | {s:.3f} | {ms:.4f} | {base_ms:.4f} | {cap_ms:.3f} | {cap_ms / ms:.0f}x |")
@@ -164,14 +175,26 @@ def main() -> None:
     print("| occlusion path | positions/map | forward img/s | ideal maps/s | occlusion maps/s | ratio (goal >= 0.8) |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name, seconds in ((f"{k} images per call", many), ("one image per call", one_by_one)):
-        print(f"| {name} | {positions} | {forward_ips:.0f} | {ideal:.2f} | {k / seconds:.2f} | {k / seconds / ideal:.2f} |")
+        print(
+            f"| {name} | {positions} | {forward_ips:.0f} | {ideal:.2f} | {k / seconds:.2f} "
+            f"| {k / seconds / ideal:.2f} |"
+        )
     # The two paths batch different copies together: only rounding may differ.
-    same = all((a.channel, a.unit, a.base_label) == (b.channel, b.unit, b.base_label) and (a.top_label == b.top_label).all()
-               for a, b in pairs)
-    rel = {f: max(float(np.abs(getattr(a, f) - getattr(b, f)).max() / max(np.abs(getattr(b, f)).max(), 1e-30)) for a, b in pairs)
-           for f in ("map_activity", "true_prob", "projection")}
-    print(f"\nMany images per call vs one: maps, units and top labels equal: {same}; largest difference relative to the "
-          f"largest value: " + ", ".join(f"{f} {v:.1e}" for f, v in rel.items()))
+    same = all(
+        (a.channel, a.unit, a.base_label) == (b.channel, b.unit, b.base_label) and (a.top_label == b.top_label).all()
+        for a, b in pairs
+    )
+    rel = {
+        f: max(
+            float(np.abs(getattr(a, f) - getattr(b, f)).max() / max(np.abs(getattr(b, f)).max(), 1e-30))
+            for a, b in pairs
+        )
+        for f in ("map_activity", "true_prob", "projection")
+    }
+    print(
+        f"\nMany images per call vs one: maps, units and top labels equal: {same}; largest difference relative to the "
+        f"largest value: " + ", ".join(f"{f} {v:.1e}" for f, v in rel.items())
+    )
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ batch: the writers finishing their row groups), and the rest, blocked elsewhere:
 call that sleeps. "until tail" is the img/s up to the last batch handed over.
 
     python benchmarks/bench_extract.py --device cuda                    # Krizhevsky's net, bf16, compiled
-    python benchmarks/bench_extract.py --device cuda --breakdown        # + the pass without Parquet encoding, writers alone
+    python benchmarks/bench_extract.py --device cuda --breakdown   # + the pass without Parquet encoding, writers alone
     python benchmarks/bench_extract.py --host-only --images 5120        # the writers alone, on this machine's cores
     python benchmarks/bench_extract.py --device cpu --size 64 --width 0.125 --images 256 --batch 32 --no-compile
 """
@@ -47,7 +47,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def forward_alone(model: torch.nn.Module, inputs: list[torch.Tensor], steps: int, device: torch.device, amp, compile: bool) -> float:
+def forward_alone(
+    model: torch.nn.Module, inputs: list[torch.Tensor], steps: int, device: torch.device, amp, compile: bool
+) -> float:
     """Images/s of the (compiled) full forward pass over the cycled inputs."""
     forward = torch.compile(model) if compile else model
     with torch.inference_mode(), torch.autocast(device.type, amp or torch.float32, enabled=amp is not None):
@@ -119,7 +121,9 @@ def extraction(model, inputs, steps: int, device, amp, compile: bool, out: Path,
     finally:
         extract_log.removeHandler(fallbacks)
     if fallbacks.count:
-        sys.exit("the compiled extraction disagreed with the eager one (a compiler bug) and ran eager: no timings for it")
+        sys.exit(
+            "the compiled extraction disagreed with the eager one (a compiler bug) and ran eager: no timings for it"
+        )
     shutil.rmtree(out / "warmup")
     shutil.rmtree(out / "timed")
     rest = seconds - cpu - waits["acquire"] - waits["close"]
@@ -128,7 +132,9 @@ def extraction(model, inputs, steps: int, device, amp, compile: bool, out: Path,
         f"{rest / seconds:.0%} rest; until tail {summary.images / (seconds - waits['close']):,.0f} img/s")
 
 
-def writers_alone(model, sample: torch.Tensor, steps: int, out: Path, layers=FEATURE_LAYERS, activation_layers=None) -> str:
+def writers_alone(
+    model, sample: torch.Tensor, steps: int, out: Path, layers=FEATURE_LAYERS, activation_layers=None
+) -> str:
     """The Parquet writers of one pass fed synthetic host outputs as fast as they take them: one table row
     (img/s, then the CPU cost per busy core). Values are scaled exponentials, 0-30 % silent maps and
     ReLU'd normal vectors (half zeros), roughly what the mining benchmark generates."""
@@ -138,16 +144,26 @@ def writers_alone(model, sample: torch.Tensor, steps: int, out: Path, layers=FEA
     g = torch.Generator().manual_seed(0)
 
     def block(layer: LayerInfo) -> torch.Tensor:
-        scale = torch.exp(torch.randn(layer.channels, generator=g)) * (torch.rand(layer.channels, generator=g) > torch.rand(1, generator=g) * 0.3)
+        scale = torch.exp(torch.randn(layer.channels, generator=g)) * (
+            torch.rand(layer.channels, generator=g) > torch.rand(1, generator=g) * 0.3
+        )
         value = (scale * torch.empty(n, layer.channels).exponential_(generator=g)).half().view(torch.int16)
-        return torch.stack([value, torch.randint(layer.height, value.shape, generator=g).short(), torch.randint(layer.width, value.shape, generator=g).short()])
+        return torch.stack(
+            [
+                value,
+                torch.randint(layer.height, value.shape, generator=g).short(),
+                torch.randint(layer.width, value.shape, generator=g).short(),
+            ]
+        )
 
     outputs = [
         [torch.zeros(n, dtype=torch.long).numpy(), *(block(info[a]).numpy() for a in acts),
          *(torch.randn(n, info[f].vector_length, generator=g).relu().half().numpy() for f in layers)]
         for _ in range(4)
     ]
-    summary = ExtractionSummary(split="bench", images=0, layers=info, activation_layers=acts, feature_layers=list(layers))
+    summary = ExtractionSummary(
+        split="bench", images=0, layers=info, activation_layers=acts, feature_layers=list(layers)
+    )
     start, cpu = time.perf_counter(), os.times()
     writers = Writers(out / "writers", summary)
     for step in range(steps):
@@ -159,8 +175,11 @@ def writers_alone(model, sample: torch.Tensor, steps: int, out: Path, layers=FEA
     values = steps * n * sum(info[f].vector_length for f in layers)
     written = sum(f.stat().st_size for f in (out / "writers").rglob("*.parquet"))
     shutil.rmtree(out / "writers")
-    return (f"{steps * n / wall:,.0f} | {busy / wall:.1f} cores busy, {len(writers.threads)} threads; per core: {rows / busy / 1e6:.1f}M rows/s, "
-            f"{values / busy / 1e6:.0f}M vector values/s, {(6 * rows + 2 * values) / busy / 1e6:.0f} MB/s in, {written / busy / 1e6:.0f} MB/s to disk")
+    return (
+        f"{steps * n / wall:,.0f} | {busy / wall:.1f} cores busy, {len(writers.threads)} threads; "
+        f"per core: {rows / busy / 1e6:.1f}M rows/s, {values / busy / 1e6:.0f}M vector values/s, "
+        f"{(6 * rows + 2 * values) / busy / 1e6:.0f} MB/s in, {written / busy / 1e6:.0f} MB/s to disk"
+    )
 
 
 def main() -> None:
@@ -173,10 +192,21 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=51_200, help="images per timed pass")
     ap.add_argument("--amp", choices=["bf16", "fp16", "none"], default="bf16")
     ap.add_argument("--no-compile", action="store_true")
-    ap.add_argument("--breakdown", action="store_true", help="also time the activations-only pass without Parquet encoding, and the writers alone")
-    ap.add_argument("--switch-interval", type=float, nargs="*", default=[],
-                    help="with --breakdown: the activations-only pass again under each sys.setswitchinterval (s; default 0.005)")
-    ap.add_argument("--host-only", action="store_true", help="time only the writers alone (on the CPU cores; no GPU work)")
+    ap.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also time the activations-only pass without Parquet encoding, and the writers alone",
+    )
+    ap.add_argument(
+        "--switch-interval",
+        type=float,
+        nargs="*",
+        default=[],
+        help="with --breakdown: the activations-only pass again under each sys.setswitchinterval (s; default 0.005)",
+    )
+    ap.add_argument(
+        "--host-only", action="store_true", help="time only the writers alone (on the CPU cores; no GPU work)"
+    )
     ap.add_argument("--activations-only", action="store_true", help="skip the two configurations with feature vectors")
     args = ap.parse_args()
     if args.host_only:
@@ -191,7 +221,9 @@ def main() -> None:
     model = model.to(memory_format=torch.channels_last)
     g = torch.Generator(device="cpu").manual_seed(0)
     inputs = [
-        torch.randn(args.batch, 3, args.size, args.size, generator=g).to(device).contiguous(memory_format=torch.channels_last)
+        torch.randn(args.batch, 3, args.size, args.size, generator=g)
+        .to(device)
+        .contiguous(memory_format=torch.channels_last)
         for _ in range(4)
     ]
     steps = max(2, args.images // args.batch)
@@ -202,7 +234,9 @@ def main() -> None:
     out = Path(tempfile.mkdtemp(prefix="zf-bench-extract-"))
     configs = {
         "extract: activations of conv1-5, no features": dict(layers=(), activation_layers=CONV_LAYERS),
-        "extract: activations conv1-5, features conv5/fc6/fc7": dict(layers=("conv5", "fc6", "fc7"), activation_layers=CONV_LAYERS),
+        "extract: activations conv1-5, features conv5/fc6/fc7": dict(
+            layers=("conv5", "fc6", "fc7"), activation_layers=CONV_LAYERS
+        ),
         "extract: defaults (all 7 layers, both tables)": dict(layers=FEATURE_LAYERS),
     }
     if args.activations_only:
@@ -211,7 +245,10 @@ def main() -> None:
         if args.host_only:
             print("| writers alone, synthetic outputs | img/s | CPU cost |\n| --- | --- | --- |")
             for label, layers in configs.items():
-                print(f"| {label.removeprefix('extract: ')} | {writers_alone(model, inputs[0], steps, out, **layers)} |", flush=True)
+                print(
+                    f"| {label.removeprefix('extract: ')} | {writers_alone(model, inputs[0], steps, out, **layers)} |",
+                    flush=True,
+                )
             return
         base = forward_alone(model, inputs, steps, device, amp, compile)
         print("| pass | img/s | vs forward alone | the loop's thread |\n| --- | --- | --- | --- |")
@@ -222,7 +259,9 @@ def main() -> None:
         if args.breakdown:  # where the time goes: the same activations-only pass without the Parquet encoding
             acts = configs["extract: activations of conv1-5, no features"]
             rate, loop = extraction(model, inputs, steps, device, amp, compile, out, writers=NoEncoding, **acts)
-            print(f"| activations-only pass, no Parquet writers | {rate:,.0f} | {rate / base:.2f} | {loop} |", flush=True)
+            print(
+                f"| activations-only pass, no Parquet writers | {rate:,.0f} | {rate / base:.2f} | {loop} |", flush=True
+            )
             default = sys.getswitchinterval()  # how long a thread may keep the GIL from the others
             for interval in args.switch_interval:
                 sys.setswitchinterval(interval)
@@ -230,10 +269,20 @@ def main() -> None:
                     rate, loop = extraction(model, inputs, steps, device, amp, compile, out, **acts)
                 finally:
                     sys.setswitchinterval(default)
-                print(f"| activations-only pass, GIL switch interval {interval * 1e3:g} ms | {rate:,.0f} | {rate / base:.2f} | {loop} |", flush=True)
-            print("\n| writers alone, synthetic outputs, no GPU work | img/s (the host's ceiling) | CPU cost |\n| --- | --- | --- |")
+                print(
+                    f"| activations-only pass, GIL switch interval {interval * 1e3:g} ms | {rate:,.0f} "
+                    f"| {rate / base:.2f} | {loop} |",
+                    flush=True,
+                )
+            print(
+                "\n| writers alone, synthetic outputs, no GPU work | img/s (the host's ceiling) | CPU cost |"
+                "\n| --- | --- | --- |"
+            )
             for label, layers in configs.items():
-                print(f"| {label.removeprefix('extract: ')} | {writers_alone(model, inputs[0], steps, out, **layers)} |", flush=True)
+                print(
+                    f"| {label.removeprefix('extract: ')} | {writers_alone(model, inputs[0], steps, out, **layers)} |",
+                    flush=True,
+                )
     finally:
         shutil.rmtree(out, ignore_errors=True)
 

@@ -32,7 +32,12 @@ import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 
-from zf_pipeline.features import ACTIVATION_ROW_GROUP_ROWS, ACTIVATION_SCHEMA, ACTIVATION_WRITE_OPTIONS, activation_table
+from zf_pipeline.features import (
+    ACTIVATION_ROW_GROUP_ROWS,
+    ACTIVATION_SCHEMA,
+    ACTIVATION_WRITE_OPTIONS,
+    activation_table,
+)
 from zf_pipeline.mining import configure, mine_top9
 
 # Krizhevsky's conv layers: (maps, map side) at 224 px input.
@@ -78,7 +83,15 @@ def generate(root: Path, images: int, workers: int) -> dict[str, int]:
         (root / f"layer={layer}").mkdir(parents=True)
         per_file = (ACTIVATION_ROW_GROUP_ROWS // channels) * FILE_GROUPS
         for part, start in enumerate(range(0, images, per_file)):
-            jobs.append((root / f"layer={layer}" / f"part-{part:05d}.parquet", layer, start, min(images, start + per_file), len(jobs)))
+            jobs.append(
+                (
+                    root / f"layer={layer}" / f"part-{part:05d}.parquet",
+                    layer,
+                    start,
+                    min(images, start + per_file),
+                    len(jobs),
+                )
+            )
     sizes: dict[str, int] = dict.fromkeys(LAYERS, 0)
     with mp.get_context("fork").Pool(workers) as pool:
         for (path, layer, *_), size in zip(jobs, pool.imap(write_part, jobs)):
@@ -86,7 +99,9 @@ def generate(root: Path, images: int, workers: int) -> dict[str, int]:
     return sizes
 
 
-BASELINE_SQL = "SELECT layer, channel, max_by(image_id, value, 9) FROM read_parquet($files, hive_partitioning = true) GROUP BY ALL"
+BASELINE_SQL = (
+    "SELECT layer, channel, max_by(image_id, value, 9) FROM read_parquet($files, hive_partitioning = true) GROUP BY ALL"
+)
 # The same aggregate one layer at a time (GROUP BY channel only), the form zf_pipeline.mining uses.
 BASELINE_PER_LAYER_SQL = "SELECT channel, max_by(image_id, value, 9) FROM read_parquet($files) GROUP BY channel"
 # Exact in one query, but the struct key and argument cost about 4x the baseline.
@@ -118,7 +133,9 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=1.0, help="fraction of the 1,281,167 images (default 1)")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--repeat", type=int, default=2, help="timed runs per query (best is reported)")
-    ap.add_argument("--alternatives", action="store_true", help="also time the exact one-query forms (struct min_by, window)")
+    ap.add_argument(
+        "--alternatives", action="store_true", help="also time the exact one-query forms (struct min_by, window)"
+    )
     ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()), help="where to generate (default /tmp)")
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
     args = ap.parse_args()
@@ -131,11 +148,16 @@ def main() -> None:
         gen_s = time.perf_counter() - t
         maps = sum(c for c, _ in LAYERS.values())
         rows = images * maps
-        print(f"generated {images:,} images x {maps:,} maps = {rows:,} rows in {gen_s:.1f} s ({rows / gen_s / 1e6:.0f} M rows/s) at {root}")
+        print(
+            f"generated {images:,} images x {maps:,} maps = {rows:,} rows in {gen_s:.1f} s "
+            f"({rows / gen_s / 1e6:.0f} M rows/s) at {root}"
+        )
         print("\n| layer | maps | map | rows | MB | bytes/row |\n| --- | --- | --- | --- | --- | --- |")
         for layer, (channels, side) in LAYERS.items():
             n = images * channels
-            print(f"| {layer} | {channels} | {side}x{side} | {n:,} | {sizes[layer] / 1e6:,.0f} | {sizes[layer] / n:.3f} |")
+            print(
+                f"| {layer} | {channels} | {side}x{side} | {n:,} | {sizes[layer] / 1e6:,.0f} | {sizes[layer] / n:.3f} |"
+            )
         total = sum(sizes.values())
         print(f"| all | {maps} | | {rows:,} | {total / 1e6:,.0f} | {total / rows:.3f} |")
 
@@ -150,7 +172,9 @@ def main() -> None:
         runs = {
             "baseline: max_by(image_id, value, 9) GROUP BY layer, channel": sql(BASELINE_SQL),
             "max_by(image_id, value, 9) per layer, GROUP BY channel": sql(BASELINE_PER_LAYER_SQL, per_layer=True),
-            "ours: zf_pipeline.mining.mine_top9 (ties, label, value, y, x, rank)": lambda: mine_top9(root, root.parent / "top9.parquet", threads=args.threads),
+            "ours: zf_pipeline.mining.mine_top9 (ties, label, value, y, x, rank)": lambda: mine_top9(
+                root, root.parent / "top9.parquet", threads=args.threads
+            ),
         }
         if args.alternatives:
             runs["one query: min_by(struct, {-value, image_id}, 9)"] = sql(STRUCT_SQL)

@@ -35,7 +35,6 @@ from dataclasses import replace
 import numpy as np
 import pyarrow.compute as pc
 import torch
-
 from joblib import Parallel, delayed
 from sklearn.exceptions import ConvergenceWarning
 
@@ -208,7 +207,10 @@ def main() -> None:
     print(f"\nCaltech-256 sweep, {args.n_train}/class, {args.splits} splits, C grid {args.c_grid}, "
           f"{args.cv_folds}-fold CV; features {list(X.shape)}; torch on {args.device}, "
           f"sklearn on {args.n_jobs} CPU processes")
-    print("| classifier | torch dtype | sklearn CPU s | torch s | time ratio | sklearn acc % | torch acc % | diff (points) |")
+    print(
+        "| classifier | torch dtype | sklearn CPU s | torch s | time ratio | sklearn acc % | torch acc % "
+        "| diff (points) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
         timed = r["sklearn_timed"]

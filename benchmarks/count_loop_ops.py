@@ -42,8 +42,10 @@ def main() -> None:
     kaiming_init(model)
     model.eval()
     images = torch.randn(args.batch, 3, 64, 64)
-    batches = ((images, torch.zeros(args.batch, dtype=torch.long), [f"img{i * args.batch + j:08d}" for j in range(args.batch)])
-               for i in range(args.batches))
+    batches = (
+        (images, torch.zeros(args.batch, dtype=torch.long), [f"img{i * args.batch + j:08d}" for j in range(args.batch)])
+        for i in range(args.batches)
+    )
     with tempfile.TemporaryDirectory() as tmp:
         with OpCounter() as passing:
             features.extract(model, batches, Path(tmp) / "x", split="s", activation_layers=CONV_LAYERS, layers=())

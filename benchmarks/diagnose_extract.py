@@ -34,9 +34,14 @@ def report(name: str, model, batches: list[torch.Tensor], compiled_modes: tuple[
                 for i, x in enumerate(batches):
                     acts = forward(x, tuple(layers))
                     value, _, _ = maxima_and_vectors(model, acts, [n for n in layers if n in CONV_LAYERS], layers)
-                    stats = " ".join(f"{n}:{a.float().abs().max().item():.3g}/{a.isnan().sum().item()}" for n, a in acts.items())
-                    print(f"{name} compiled={compiled} amp={amp} batch {i}: value finite={value.isfinite().all().item()} "
-                          f"max={value.float().max().item():.3g} | max|act|/nan {stats}", flush=True)
+                    stats = " ".join(
+                        f"{n}:{a.float().abs().max().item():.3g}/{a.isnan().sum().item()}" for n, a in acts.items()
+                    )
+                    print(
+                        f"{name} compiled={compiled} amp={amp} batch {i}: value finite={value.isfinite().all().item()} "
+                        f"max={value.float().max().item():.3g} | max|act|/nan {stats}",
+                        flush=True,
+                    )
 
 
 def compare(name: str, model, batches: list[torch.Tensor]) -> None:
@@ -64,9 +69,13 @@ def compare(name: str, model, batches: list[torch.Tensor]) -> None:
                     v, p, vec = run(x)
                     dv = (value.float() - v.float()).abs().max().item()
                     dvec = max(((vectors[n].float() - vec[n].float()).abs().max().item() for n in vectors), default=0.0)
-                    print(f"{name} amp={amp} batch {i} {case}: maxima off by up to {dv:.3g} (largest {value.float().abs().max().item():.3g}), "
-                          f"{int((pos != p).sum())}/{pos.numel()} at other positions, vectors off by up to {dvec:.3g}, "
-                          f"finite={v.isfinite().all().item()}", flush=True)
+                    print(
+                        f"{name} amp={amp} batch {i} {case}: maxima off by up to {dv:.3g} "
+                        f"(largest {value.float().abs().max().item():.3g}), "
+                        f"{int((pos != p).sum())}/{pos.numel()} at other positions, vectors off by up to {dvec:.3g}, "
+                        f"finite={v.isfinite().all().item()}",
+                        flush=True,
+                    )
 
 
 def main() -> None:
@@ -76,7 +85,9 @@ def main() -> None:
     p.add_argument("--mean")
     p.add_argument("--input-scale", type=float, default=1.0)
     p.add_argument("--batches", type=int, default=3, help="batches of the shard folder")
-    p.add_argument("--eager-only", action="store_true", help="skip torch.compile (it crashed once with an illegal address)")
+    p.add_argument(
+        "--eager-only", action="store_true", help="skip torch.compile (it crashed once with an illegal address)"
+    )
     p.add_argument("--no-random", action="store_true")
     p.add_argument("--crop", type=int, default=224, help="input side (the demo's nets: 96)")
     p.add_argument("--compare", action="store_true", help="compiled passes against the eager one (see above)")
@@ -87,7 +98,10 @@ def main() -> None:
     kaiming_init(net)
     net = net.eval().to(dev, memory_format=torch.channels_last)
     g = torch.Generator().manual_seed(0)
-    xs = [torch.randn(256, 3, 224, 224, generator=g).to(dev).contiguous(memory_format=torch.channels_last) for _ in range(2)]
+    xs = [
+        torch.randn(256, 3, 224, 224, generator=g).to(dev).contiguous(memory_format=torch.channels_last)
+        for _ in range(2)
+    ]
     show = compare if args.compare else lambda name, model, batches: report(name, model, batches, modes)
     if not args.no_random:
         show("random", net, xs)

@@ -36,8 +36,17 @@ def main(z: Path) -> None:
         window = [s for s in samples if t0 <= s[0] <= t1] or [[0, float("nan")] * 2]
         wall = t1 - t0
         n = images.get(name)
-        rows.append((name + (" (failed)" if failed else ""), wall, n, n / wall if n else None,
-                     max(s[1] for s in window) / 1024, max(s[2] for s in window) / 1024, (window[-1][3] - disk0) / 1024))
+        rows.append(
+            (
+                name + (" (failed)" if failed else ""),
+                wall,
+                n,
+                n / wall if n else None,
+                max(s[1] for s in window) / 1024,
+                max(s[2] for s in window) / 1024,
+                (window[-1][3] - disk0) / 1024,
+            )
+        )
         out[f"{name}_s"] = round(wall, 1)
     runs = sorted((z / "out" / "train").glob("*/metrics.jsonl"))
     if runs:
@@ -65,7 +74,10 @@ def main(z: Path) -> None:
     print("| stage | wall s | images | img/s | peak GPU GiB | peak host GiB | disk GiB added (end) |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, wall, n, rate, gpu, host, disk in rows:
-        print(f"| {name} | {wall:.0f} | {n or ''} | {f'{rate:,.0f}' if rate else ''} | {gpu:.1f} | {host:.1f} | {disk:.1f} |")
+        print(
+            f"| {name} | {wall:.0f} | {n or ''} | {f'{rate:,.0f}' if rate else ''} "
+            f"| {gpu:.1f} | {host:.1f} | {disk:.1f} |"
+        )
     print(json.dumps(out))
 
 

@@ -99,7 +99,9 @@ def test_occlusion_batched_equals_unbatched_and_one_by_one() -> None:
     assert big.true_prob[i, j] == pytest.approx(float(out["fc8"][0].softmax(0)[2]))
     act = model.forward_layers(image[None], ["conv5"])["conv5"][0]
     assert act[big.channel].max() == act.flatten(1).max()
-    np.testing.assert_allclose(big.projection, project(model, image[None], "conv5", [big.channel], [big.unit[0]], [big.unit[1]])[0])
+    np.testing.assert_allclose(
+        big.projection, project(model, image[None], "conv5", [big.channel], [big.unit[0]], [big.unit[1]])[0]
+    )
 
 
 @pytest.mark.parametrize("batch_size", [10, 1000])
@@ -113,7 +115,12 @@ def test_occlusion_of_many_images_equals_one_by_one(batch_size: int) -> None:
     assert len(many) == 3
     for image, label, got in zip(images, labels, many):
         want = occlusion_sensitivity(model, image, label, size=16, stride=9, batch_size=batch_size)
-        assert (got.label, got.channel, got.unit, got.base_label) == (want.label, want.channel, want.unit, want.base_label)
+        assert (got.label, got.channel, got.unit, got.base_label) == (
+            want.label,
+            want.channel,
+            want.unit,
+            want.base_label,
+        )
         np.testing.assert_array_equal(got.top_label, want.top_label)
         for name in ("map_activity", "true_prob", "projection", "base_activity", "base_prob"):
             np.testing.assert_allclose(getattr(got, name), getattr(want, name), rtol=1e-10, atol=1e-12)
@@ -132,7 +139,9 @@ def test_occlude_paints_each_box_in_its_copy() -> None:
     assert (out[0, :, :3, :2] == -1).all() and (out[0] == -1).sum() == 3 * 6
     assert (out[1, :, 1:5, 4:6] == -1).all() and (out[1] == -1).sum() == 3 * 8
     two = torch.stack([img, 2 * img])
-    picked = occlude(two, torch.tensor([[0, 0, 2, 3], [4, 1, 6, 5], [1, 1, 2, 2]]), fill=-1.0, index=torch.tensor([1, 0, 1]))
+    picked = occlude(
+        two, torch.tensor([[0, 0, 2, 3], [4, 1, 6, 5], [1, 1, 2, 2]]), fill=-1.0, index=torch.tensor([1, 0, 1])
+    )
     torch.testing.assert_close(picked[:2], torch.stack([torch.where(out[0] == -1, -1.0, 2.0), out[1]]))
     assert (picked[2] == -1).sum() == 3 and (two == -1).sum() == 0  # the source images stay untouched
 
@@ -200,14 +209,27 @@ def test_random_masks_have_the_part_size_and_stay_in_the_object() -> None:
     rng = np.random.default_rng(0)
     boxes = torch.stack([random_boxes(config, "nose", 40, 40, rng)[0] for _ in range(50)])
     assert ((boxes[:, 2] - boxes[:, 0]) == 5).all() and ((boxes[:, 3] - boxes[:, 1]) == 2).all()
-    assert (boxes[:, 0] >= 10).all() and (boxes[:, 2] <= 20).all() and (boxes[:, 1] >= 10).all() and (boxes[:, 3] <= 30).all()
+    assert (
+        (boxes[:, 0] >= 10).all()
+        and (boxes[:, 2] <= 20).all()
+        and (boxes[:, 1] >= 10).all()
+        and (boxes[:, 3] <= 30).all()
+    )
     assert len({tuple(b.tolist()) for b in boxes}) > 5
 
 
 def test_parts_config_loads_and_rejects_bad_files(tmp_path: Path) -> None:
-    good = {"images": [{"path": "dogs/a.jpg", "parts": {"nose": [1, 2, 5, 6], "left_eye": [0, 0, 2, 2]}},
-                       {"image_id": "n02102040/x", "parts": {"left_eye": [1, 1, 3, 3], "nose": [2, 2, 4, 4]}, "object": [0, 0, 8, 8]}],
-            "random_draws": 3}
+    good = {
+        "images": [
+            {"path": "dogs/a.jpg", "parts": {"nose": [1, 2, 5, 6], "left_eye": [0, 0, 2, 2]}},
+            {
+                "image_id": "n02102040/x",
+                "parts": {"left_eye": [1, 1, 3, 3], "nose": [2, 2, 4, 4]},
+                "object": [0, 0, 8, 8],
+            },
+        ],
+        "random_draws": 3,
+    }
     path = tmp_path / "parts.json"
     path.write_text(json.dumps(good))
     config = load_parts_config(path)
@@ -264,9 +286,15 @@ def test_feature_evolution_has_one_column_per_checkpoint() -> None:
                              {"conv1": [0, 1, 2], "conv2": [4]})
     assert visits == [1, 5]  # each checkpoint loaded once for all layers
     evo = evos["conv1"]
-    assert evo.projections.shape == (3, 2, 3, 67, 67) and evo.epochs == [1, 5] and evos["conv2"].projections.shape[:2] == (1, 2)
+    assert (
+        evo.projections.shape == (3, 2, 3, 67, 67)
+        and evo.epochs == [1, 5]
+        and evos["conv2"].projections.shape[:2] == (1, 2)
+    )
     s = strongest_over(checkpoints[1][1], [imgs], "conv1", [0, 1, 2])
-    torch.testing.assert_close(evo.projections[:, 1], project(checkpoints[1][1], s.images, "conv1", [0, 1, 2], s.ys, s.xs).float())
+    torch.testing.assert_close(
+        evo.projections[:, 1], project(checkpoints[1][1], s.images, "conv1", [0, 1, 2], s.ys, s.xs).float()
+    )
 
 
 SHIPPED_PARTS = Path(__file__).resolve().parents[1] / "docs" / "table3_parts_imagenette.json"
@@ -297,7 +325,9 @@ def test_correspondence_on_the_shipped_springer_faces(shared_data: Path) -> None
     torch.manual_seed(0)
     model = ZFNet(variant("krizhevsky", width=0.1, num_classes=10, fc_units=128)).eval()
     rows = correspondence(model, torch.stack(tensors), config)
-    assert {(r["part"], r["layer"]) for r in rows} == {(p, lay) for p in (*config.parts, "random") for lay in ("conv5", "fc7")}
+    assert {(r["part"], r["layer"]) for r in rows} == {
+        (p, lay) for p in (*config.parts, "random") for lay in ("conv5", "fc7")
+    }
     for r in rows:
         assert 0.0 < r["mean"] < 1.0 and r["std"] >= 0.0
         assert r["pairs"] == (10 if r["part"] != "random" else 10 * 3 * 10)

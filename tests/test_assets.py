@@ -36,7 +36,9 @@ def test_compile_is_on_by_default_on_a_gpu_only():
         assert settings.use_compile(None) is default
         assert (settings.use_compile(True), settings.use_compile(False)) == (True, False)
     for config in (assets.training.TrainingConfig, assets.features.ExtractionConfig):
-        assert config().compile is None and config(compile=True).compile is True and config(compile=False).compile is False
+        assert (
+            config().compile is None and config(compile=True).compile is True and config(compile=False).compile is False
+        )
 
 
 def test_the_target_is_named_as_the_user_names_it(monkeypatch):

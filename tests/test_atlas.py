@@ -66,13 +66,17 @@ def site(setup, tmp_path_factory) -> Path:
 def test_every_layer_and_unit_page_exists(setup, site: Path) -> None:
     model, _, rows = setup
     index = Page(site / "index.html")
-    assert [link for link in index.links if link.endswith("/index.html")] == [f"{layer}/index.html" for layer in CONV_LAYERS]
+    assert [link for link in index.links if link.endswith("/index.html")] == [
+        f"{layer}/index.html" for layer in CONV_LAYERS
+    ]
     for layer in CONV_LAYERS:
         channels = model.get_submodule(layer).out_channels
         page = Page(site / layer / "index.html")
         thumbs = [img for img in page.imgs if img["src"].endswith("_thumb.png")]
         assert len(thumbs) == channels and all(img.get("loading") == "lazy" and img.get("width") for img in thumbs)
-        assert sorted(link for link in page.links if link.startswith("u")) == [f"u{c:04d}.html" for c in range(channels)]
+        assert sorted(link for link in page.links if link.startswith("u")) == [
+            f"u{c:04d}.html" for c in range(channels)
+        ]
         assert all((site / layer / f"u{c:04d}.html").is_file() for c in range(channels))
 
 
@@ -86,7 +90,9 @@ def test_unit_pages_show_nine_projections_and_nine_patches_with_captions(setup, 
             patch = [img["src"] for img in page.imgs if re.search(r"_i\d\.png$", img["src"])]
             assert len(proj) == 9 == len(set(proj)) and len(patch) == 9 == len(set(patch))
             assert all((unit.parent / src).is_file() for src in proj + patch)
-            expected = sorted((r for r in rows if r["layer"] == layer and r["channel"] == channel), key=lambda r: r["rank"])
+            expected = sorted(
+                (r for r in rows if r["layer"] == layer and r["channel"] == channel), key=lambda r: r["rank"]
+            )
             # Projections and patches are each captioned with rank, value and image id, in rank order.
             assert len(page.captions) == 18
             for caption, r in zip(page.captions, expected + expected, strict=True):
@@ -175,7 +181,9 @@ def test_extras_pages(setup, tmp_path: Path) -> None:
 
 def test_table_html_converts_markdown() -> None:
     html = table_html("Caltech-101, 30/class\n\n| a | b |\n|:--|--:|\n| 1 | 2 |\n")
-    assert html == "<p>Caltech-101, 30/class</p><table><tr><th>a</th><th>b</th></tr><tr><td>1</td><td>2</td></tr></table>"
+    assert (
+        html == "<p>Caltech-101, 30/class</p><table><tr><th>a</th><th>b</th></tr><tr><td>1</td><td>2</td></tr></table>"
+    )
 
 
 def test_bad_input_is_named(setup, tmp_path: Path) -> None:

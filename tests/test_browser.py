@@ -96,7 +96,8 @@ def test_atlas_unit_page_shows_nine_projections_from_disk(tmp_path: Path) -> Non
 
 
 def test_atlas_of_a_trained_model_from_disk() -> None:
-    """The same checks on an atlas made by the pipeline (ZF_ATLAS_SITE: its folder), e.g. for the README's screenshot."""
+    """The same checks on an atlas made by the pipeline (ZF_ATLAS_SITE: its folder), e.g. for the README's
+    screenshot."""
     site = os.environ.get("ZF_ATLAS_SITE")
     if not site:
         pytest.skip("set ZF_ATLAS_SITE to the folder of an atlas built by the pipeline to check it in the browser")
@@ -120,7 +121,10 @@ def _instance(home: Path) -> None:
 
     def move(node: object) -> object:
         if isinstance(node, dict):
-            return {k: (str(home / v) if k == "base_dir" and not Path(v).is_absolute() else move(v)) for k, v in node.items()}
+            return {
+                k: (str(home / v) if k == "base_dir" and not Path(v).is_absolute() else move(v))
+                for k, v in node.items()
+            }
         return node
 
     config = move(yaml.safe_load((REPO / "dagster.yaml").read_text()))

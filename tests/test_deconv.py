@@ -98,7 +98,10 @@ def test_projection_lies_inside_the_receptive_field(layer: str) -> None:
     proj = project(model, x, layer, [0], [y], [xx], seed="one")[0]
     size, stride, offset = receptive_field(model, layer)
     inside = torch.zeros(224, 224, dtype=torch.bool)
-    inside[max(0, offset + y * stride) : offset + y * stride + size, max(0, offset + xx * stride) : offset + xx * stride + size] = True
+    inside[
+        max(0, offset + y * stride) : offset + y * stride + size,
+        max(0, offset + xx * stride) : offset + xx * stride + size,
+    ] = True
     support = proj.abs().sum(0) > 0
     assert support.any()
     assert not (support & ~inside).any(), f"{layer}: projection leaks outside the receptive field"
@@ -126,7 +129,9 @@ def test_batched_equals_one_at_a_time() -> None:
     channels, ys, xs = [0, 1, 2, 3, 4], [1, 0, 2, 1, 2], [2, 1, 0, 1, 2]
     batched = project(model, x, "conv2", channels, ys, xs, image_index=image_index, batch_size=2, norm="gradient")
     for k in range(5):
-        single = project(model, x[image_index[k] : image_index[k] + 1], "conv2", [channels[k]], [ys[k]], [xs[k]], norm="gradient")
+        single = project(
+            model, x[image_index[k] : image_index[k] + 1], "conv2", [channels[k]], [ys[k]], [xs[k]], norm="gradient"
+        )
         torch.testing.assert_close(batched[k], single[0])
 
 

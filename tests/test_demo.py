@@ -164,7 +164,8 @@ def test_correspondence_boxes_cover_the_face_parts(small_demo: demo.DemoPaths) -
         for part, (bx0, by0, bx1, by1) in boxes.items():
             inside = image[by0:by1, bx0:bx1].reshape(-1, 3)
             assert np.abs(inside.mean(0) - skin).sum() > 60, f"{part} box of {entry['path']} looks like skin"
-            # Tight: small, and the 1-pixel ring around it (other parts' boxes aside) is skin, so the part is all inside.
+            # Tight: small, and the 1-pixel ring around it (other parts' boxes aside) is skin, so the part is all
+            # inside.
             assert (bx1 - bx0) * (by1 - by0) < 0.05 * 64 * 64
             ring = np.zeros_like(outside)
             ring[max(0, by0 - 1) : by1 + 1, max(0, bx0 - 1) : bx1 + 1] = True
@@ -292,7 +293,9 @@ def test_small_convnet_learns_and_transfers(probe_demo: demo.DemoPaths) -> None:
     linear = _linear_accuracy(probe_demo.root)
     assert convnet > linear + 0.25, f"source: convnet {convnet:.2f} vs linear on raw pixels {linear:.2f}"
     pretrained = target_accuracy()
-    assert pretrained > untrained + 0.1, f"target: source-trained features {pretrained:.2f} vs untrained {untrained:.2f}"
+    assert pretrained > untrained + 0.1, (
+        f"target: source-trained features {pretrained:.2f} vs untrained {untrained:.2f}"
+    )
 
 
 @pytest.mark.slow

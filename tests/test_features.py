@@ -17,8 +17,8 @@ import torch
 from torch._dynamo.utils import counters as dynamo_counters
 
 from zf_pipeline import features
-from zf_pipeline.features.writers import HostRing
 from zf_pipeline.features import RING_SLOTS, SUMMARY_FILE, ExtractionSummary, WriterOptions, Writers, extract
+from zf_pipeline.features.writers import HostRing
 from zf_pipeline.mining import mine_top9
 from zf_pipeline.models.zfnet import build, variant
 from zf_pipeline.query import connect, write_views
@@ -95,7 +95,9 @@ def test_rows_cover_every_image_layer_and_channel(tmp_path: Path) -> None:
     con = connect(tmp_path / "x")
     counts = dict(con.sql("SELECT layer, count(*) FROM activations GROUP BY layer").fetchall())
     assert counts == {name: 7 * info.channels for name, info in summary.layers.items()}
-    fc = con.execute("SELECT max(y), max(x), count(DISTINCT channel) FROM activations WHERE layer = 'fc6'").fetchall()[0]
+    fc = con.execute("SELECT max(y), max(x), count(DISTINCT channel) FROM activations WHERE layer = 'fc6'").fetchall()[
+        0
+    ]
     assert fc == (0, 0, summary.layers["fc6"].channels)  # an fc unit is a 1x1 map
 
 
@@ -110,7 +112,10 @@ SELECT layer, channel, rank, image_id, label, value, y, x FROM (
 def top9_by_sort(extraction: Path) -> list[tuple]:
     """The oracle: every map's rows sorted whole by (value descending, image_id), the first 9 kept."""
     rows = duckdb.execute(TOP9_BY_SORT, [str(extraction / "activations" / "layer=*" / "*.parquet")]).fetchall()
-    return [(layer, channel, rank, image_id, label, float(value), y, x) for layer, channel, rank, image_id, label, value, y, x in rows]
+    return [
+        (layer, channel, rank, image_id, label, float(value), y, x)
+        for layer, channel, rank, image_id, label, value, y, x in rows
+    ]
 
 
 @pytest.mark.parametrize("batch", [4, 30])
@@ -154,7 +159,9 @@ def test_vector_is_a_fixed_size_array_in_duckdb(tmp_path: Path) -> None:
                 break
     con = connect(tmp_path / "x")
     for layer, info in summary.layers.items():
-        kind, length = con.execute(f"SELECT typeof(vector), array_length(vector) FROM features_{layer} LIMIT 1").fetchall()[0]
+        kind, length = con.execute(
+            f"SELECT typeof(vector), array_length(vector) FROM features_{layer} LIMIT 1"
+        ).fetchall()[0]
         assert kind == f"FLOAT[{info.vector_length}]" and length == info.vector_length
     got = np.array(con.sql("SELECT vector FROM features_conv5 ORDER BY image_id").fetchnumpy()["vector"].tolist())
     np.testing.assert_allclose(got, x.flatten(1).numpy(), rtol=1e-3, atol=1e-6)
@@ -162,13 +169,22 @@ def test_vector_is_a_fixed_size_array_in_duckdb(tmp_path: Path) -> None:
 
 
 def test_conv_features_are_pooled_to_the_documented_grid(tmp_path: Path) -> None:
-    summary = extract(small_model(), batches_of(random_images(2), ["a", "b"], 2), tmp_path / "x", split="val", layers=("conv1", "fc7"))
+    summary = extract(
+        small_model(), batches_of(random_images(2), ["a", "b"], 2), tmp_path / "x", split="val", layers=("conv1", "fc7")
+    )
     assert summary.layers["conv1"].vector_length == summary.layers["conv1"].channels * 6 * 6
     assert summary.layers["fc7"].vector_length == summary.layers["fc7"].channels
 
 
 def test_features_only_pass(tmp_path: Path) -> None:
-    summary = extract(small_model(), batches_of(random_images(3), list("abc"), 2), tmp_path / "x", split="val", layers=("fc7",), activation_layers=())
+    summary = extract(
+        small_model(),
+        batches_of(random_images(3), list("abc"), 2),
+        tmp_path / "x",
+        split="val",
+        layers=("fc7",),
+        activation_layers=(),
+    )
     assert sorted(p.name for p in (tmp_path / "x").iterdir()) == [SUMMARY_FILE, "features"]
     assert summary.activation_rows == 0 and summary.layers["fc7"].vector_length == summary.layers["fc7"].channels
 
@@ -203,8 +219,18 @@ def test_bad_batches_are_rejected(tmp_path: Path) -> None:
 
 def test_ablation_variant_without_layers_3_4(tmp_path: Path) -> None:
     model = small_model(removed=("conv3", "conv4"))
-    summary = extract(model, batches_of(random_images(3), list("abc"), 2), tmp_path / "x", split="val", layers=("conv2", "conv5", "fc6"))
-    assert sorted(p.name for p in (tmp_path / "x" / "activations").iterdir()) == ["layer=conv2", "layer=conv5", "layer=fc6"]
+    summary = extract(
+        model,
+        batches_of(random_images(3), list("abc"), 2),
+        tmp_path / "x",
+        split="val",
+        layers=("conv2", "conv5", "fc6"),
+    )
+    assert sorted(p.name for p in (tmp_path / "x" / "activations").iterdir()) == [
+        "layer=conv2",
+        "layer=conv5",
+        "layer=fc6",
+    ]
     assert summary.layers["conv5"].channels == model.conv5.out_channels
 
 
@@ -236,7 +262,9 @@ def test_loop_runs_ahead_of_the_writers_until_the_slots_are_used(tmp_path: Path,
             yield batch
 
     monkeypatch.setattr(HostRing, "acquire", acquire_or_block)
-    run = threading.Thread(target=extract, args=(model, counted(), tmp_path / "ring"), kwargs={"split": "val", "writers": Stalled})
+    run = threading.Thread(
+        target=extract, args=(model, counted(), tmp_path / "ring"), kwargs={"split": "val", "writers": Stalled}
+    )
     run.start()
     # Batch 1 is copied out of its slot before its dispatch stalls, so RING_SLOTS more batches fit; the
     # next one is pulled and waits for a slot.
@@ -276,7 +304,8 @@ def test_query_views_and_views_sql(tmp_path: Path) -> None:
         "SELECT count(DISTINCT channel) FROM activations WHERE layer = 'conv1'"
     ).fetchall()[0][0]
     best = con.sql(
-        "SELECT t.value = a.value FROM top9 t JOIN activations a USING (layer, channel, image_id) WHERE rank = 1 LIMIT 1"
+        "SELECT t.value = a.value FROM top9 t JOIN activations a USING (layer, channel, image_id) "
+        "WHERE rank = 1 LIMIT 1"
     ).fetchall()[0]
     assert best == (True,)
     views = write_views(root)
@@ -288,7 +317,10 @@ def test_query_views_and_views_sql(tmp_path: Path) -> None:
         cli = duckdb.connect()
         cli.execute(views.read_text())
         assert cli.execute("SELECT count(*) FROM features_fc6").fetchall()[0] == (5,)
-        assert cli.execute("SELECT count(*) FROM activations").fetchall()[0] == con.execute("SELECT count(*) FROM activations").fetchall()[0]
+        assert (
+            cli.execute("SELECT count(*) FROM activations").fetchall()[0]
+            == con.execute("SELECT count(*) FROM activations").fetchall()[0]
+        )
     finally:
         os.chdir(cwd)
 
@@ -321,7 +353,9 @@ def test_several_writer_threads_per_partition_match_one(tmp_path: Path) -> None:
             assert group == ids[first : first + per_group] and file == g % len(files)
         several += len(files) > 1
     assert several >= 2  # the check above did see threads in turn
-    assert [p.name for p in (tmp_path / "threads" / "features" / "layer=conv3").glob("*.parquet")] == ["part-00000.parquet"]
+    assert [p.name for p in (tmp_path / "threads" / "features" / "layer=conv3").glob("*.parquet")] == [
+        "part-00000.parquet"
+    ]
 
 
 def test_channels_last_gives_the_same_maxima_and_positions(tmp_path: Path) -> None:
@@ -330,10 +364,15 @@ def test_channels_last_gives_the_same_maxima_and_positions(tmp_path: Path) -> No
     images, ids = random_images(6, seed=5), [f"i{i}" for i in range(6)]
     extract(model, batches_of(images, ids, 6), tmp_path / "plain", split="val")
     last = small_model().to(memory_format=torch.channels_last)
-    extract(last, batches_of(images.contiguous(memory_format=torch.channels_last), ids, 6), tmp_path / "last", split="val")
+    extract(
+        last, batches_of(images.contiguous(memory_format=torch.channels_last), ids, 6), tmp_path / "last", split="val"
+    )
     plain, other = read(tmp_path / "plain", "activations"), read(tmp_path / "last", "activations")
-    assert [(a["image_id"], a["layer"], a["channel"]) for a in plain] == [(b["image_id"], b["layer"], b["channel"]) for b in other]
-    # The other layout's convolutions may round differently: a float16 value one step off, a near-tie gone the other way.
+    assert [(a["image_id"], a["layer"], a["channel"]) for a in plain] == [
+        (b["image_id"], b["layer"], b["channel"]) for b in other
+    ]
+    # The other layout's convolutions may round differently: a float16 value one step off, a near-tie gone the
+    # other way.
     np.testing.assert_allclose([a["value"] for a in plain], [b["value"] for b in other], rtol=2**-10, atol=1e-6)
     moved = sum((a["y"], a["x"]) != (b["y"], b["x"]) for a, b in zip(plain, other))
     assert moved <= max(1, len(plain) // 200), f"{moved} of {len(plain)} maxima at other positions"
@@ -353,7 +392,9 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"
     # against eager is what guards against such a compiler bug.)
     pytest.param("cuda", "ours", 0.25, 96, 128, 256, marks=CUDA),
 ])
-def test_compiled_pass_equals_eager(tmp_path: Path, device: str, arch: str, width: float, size: int, unique: int, batch: int) -> None:
+def test_compiled_pass_equals_eager(
+    tmp_path: Path, device: str, arch: str, width: float, size: int, unique: int, batch: int
+) -> None:
     """compile=True compiles the forward, then the maxima and the packing: rows equal the eager pass's up to
     float rounding. A second pass, with another model object, reuses the graphs; one with labels on the
     device gives the same rows."""
@@ -377,7 +418,9 @@ def test_compiled_pass_equals_eager(tmp_path: Path, device: str, arch: str, widt
     for run in ("again", "on_device"):
         assert read(tmp_path / run, "activations") == read(tmp_path / "compiled", "activations"), run
     eager, compiled = read(tmp_path / "eager", "activations"), read(tmp_path / "compiled", "activations")
-    assert [(a["image_id"], a["layer"], a["channel"]) for a in eager] == [(b["image_id"], b["layer"], b["channel"]) for b in compiled]
+    assert [(a["image_id"], a["layer"], a["channel"]) for a in eager] == [
+        (b["image_id"], b["layer"], b["channel"]) for b in compiled
+    ]
     # Other kernels round differently (on CUDA, cuDNN's TF32 convolutions, PyTorch's default): up to ~1e-3 of
     # the values' scale. The one-graph bug was off by 0.4-1.1 of it.
     value = np.array([[a["value"], b["value"]] for a, b in zip(eager, compiled)], np.float32)
@@ -386,7 +429,10 @@ def test_compiled_pass_equals_eager(tmp_path: Path, device: str, arch: str, widt
     # Such rounding may also break a near-tie the other way and find a map's maximum elsewhere: rare.
     moved = sum((a["y"], a["x"]) != (b["y"], b["x"]) for a, b in zip(eager, compiled))
     assert moved <= max(1, len(eager) // 200), f"{moved} of {len(eager)} maxima at other positions"
-    vectors = [np.array([a["vector"], b["vector"]], np.float32) for a, b in zip(read(tmp_path / "eager", "features"), read(tmp_path / "compiled", "features"))]
+    vectors = [
+        np.array([a["vector"], b["vector"]], np.float32)
+        for a, b in zip(read(tmp_path / "eager", "features"), read(tmp_path / "compiled", "features"))
+    ]
     assert max(np.abs(v[0] - v[1]).max() for v in vectors) <= 5e-3 * max(np.abs(v).max() for v in vectors)
 
 
@@ -398,7 +444,10 @@ def test_a_compiled_pass_that_disagrees_with_eager_on_its_first_batch_runs_eager
     kwargs = dict(split="val", layers=("conv2", "fc7"))
     extract(small_model(), batches_of(images, ids, 5), tmp_path / "eager", **kwargs)  # batches of 5, 5 and 2
     for name, wrong_batch in (("agrees", 0), ("wrong", 5), ("wrong_last", 2)):
-        def compiler(fn, wrong_batch=wrong_batch):  # stands in for torch.compile: the forward's conv2 x3 in batches of that size
+
+        def compiler(
+            fn, wrong_batch=wrong_batch
+        ):  # stands in for torch.compile: the forward's conv2 x3 in batches of that size
             def run(*args):
                 out = fn(*args)
                 if not isinstance(out, dict):  # not the forward's activations
@@ -424,11 +473,23 @@ def test_row_groups_split_buffered_batches_without_losing_order(tmp_path: Path) 
     y, x = (rng.integers(0, 13, value.shape).astype(np.int16) for _ in range(2))
     ids, labels = [f"i{i:02d}" for i in range(len(value))], np.arange(len(value)) % 4
     writer = features.PartitionWriter(
-        tmp_path, "conv9", channels, 3 * channels, features.activation_table, features.ACTIVATION_SCHEMA, features.ACTIVATION_WRITE_OPTIONS
+        tmp_path,
+        "conv9",
+        channels,
+        3 * channels,
+        features.activation_table,
+        features.ACTIVATION_SCHEMA,
+        features.ACTIVATION_WRITE_OPTIONS,
     )
     start = 0
     for n in sizes:
-        writer.append(ids[start : start + n], labels[start : start + n], value[start : start + n], y[start : start + n], x[start : start + n])
+        writer.append(
+            ids[start : start + n],
+            labels[start : start + n],
+            value[start : start + n],
+            y[start : start + n],
+            x[start : start + n],
+        )
         start += n
     writer.close()
     written = pq.ParquetFile(tmp_path / "layer=conv9" / "part-00000.parquet")

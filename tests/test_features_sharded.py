@@ -80,8 +80,16 @@ def test_rank_outside_the_world_is_an_error(inputs, tmp_path: Path) -> None:
     from zf_pipeline.features import extract_part
 
     with pytest.raises(ValueError, match="rank 2"):
-        extract_part(build(variant("krizhevsky", width=0.0625, num_classes=3, input_size=CROP)), open_split(inputs["shards"]),
-                     torch.zeros(3, SIZE, SIZE), tmp_path / "x", rank=2, world_size=2, crop=CROP, split="val")
+        extract_part(
+            build(variant("krizhevsky", width=0.0625, num_classes=3, input_size=CROP)),
+            open_split(inputs["shards"]),
+            torch.zeros(3, SIZE, SIZE),
+            tmp_path / "x",
+            rank=2,
+            world_size=2,
+            crop=CROP,
+            split="val",
+        )
 
 
 def test_rank_and_world_come_from_torchrun_variables(monkeypatch) -> None:

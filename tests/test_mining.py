@@ -15,7 +15,16 @@ from zf_pipeline.mining import check_activation_counts, check_top_counts, mine_t
 from zf_pipeline.models.zfnet import build, variant
 
 
-def write_layer(root: Path, layer: str, ids: list[str], labels: np.ndarray, value: np.ndarray, pos: np.ndarray, side: int, files: int = 3) -> None:
+def write_layer(
+    root: Path,
+    layer: str,
+    ids: list[str],
+    labels: np.ndarray,
+    value: np.ndarray,
+    pos: np.ndarray,
+    side: int,
+    files: int = 3,
+) -> None:
     """An activations partition split over several files with small row groups, as the writer lays it out."""
     folder = root / f"layer={layer}"
     folder.mkdir(parents=True)
@@ -24,12 +33,16 @@ def write_layer(root: Path, layer: str, ids: list[str], labels: np.ndarray, valu
         pq.write_table(table, folder / f"part-{part:05d}.parquet", row_group_size=97, **ACTIVATION_WRITE_OPTIONS)
 
 
-def brute_force(ids: list[str], labels: np.ndarray, value: np.ndarray, pos: np.ndarray, side: int, k: int) -> list[tuple]:
+def brute_force(
+    ids: list[str], labels: np.ndarray, value: np.ndarray, pos: np.ndarray, side: int, k: int
+) -> list[tuple]:
     rows = []
     for c in range(value.shape[1]):
         order = sorted(range(len(ids)), key=lambda i: (-float(value[i, c]), ids[i]))[:k]
         for rank, i in enumerate(order, 1):
-            rows.append((c, rank, ids[i], int(labels[i]), float(value[i, c]), int(pos[i, c] // side), int(pos[i, c] % side)))
+            rows.append(
+                (c, rank, ids[i], int(labels[i]), float(value[i, c]), int(pos[i, c] // side), int(pos[i, c] % side))
+            )
     return rows
 
 
@@ -66,7 +79,11 @@ def test_top_k_equals_brute_force_with_ties(tied_activations, tmp_path: Path, k:
     assert rows == len(got)
     for layer, data in layers.items():
         expected = brute_force(*data, k=k)
-        actual = [(r["channel"], r["rank"], r["image_id"], r["label"], r["value"], r["y"], r["x"]) for r in got if r["layer"] == layer]
+        actual = [
+            (r["channel"], r["rank"], r["image_id"], r["label"], r["value"], r["y"], r["x"])
+            for r in got
+            if r["layer"] == layer
+        ]
         assert actual == expected, layer
     assert sum(1 for r in got if r["layer"] == "fc6") == 4 * min(k, 5)  # fewer images than k: all of them
 

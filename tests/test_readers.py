@@ -22,8 +22,8 @@ from layouts import (
     write_caltech101,
     write_caltech256,
     write_file,
-    write_imagenet_kaggle,
     write_imagenet_devkit,
+    write_imagenet_kaggle,
     write_imagenet_train,
     write_imagenet_val,
     write_loc_synset_mapping,
@@ -197,7 +197,9 @@ def test_imagenet_kaggle_layout(tmp_path: Path) -> None:
 
 
 def test_imagenet_names_from_loc_synset_mapping(tmp_path: Path) -> None:
-    renamed = {w: f"{words} (Kaggle)" for w, words in IMAGENET_SYNSETS.items()}  # the mapping wins over the built-in table
+    renamed = {
+        w: f"{words} (Kaggle)" for w, words in IMAGENET_SYNSETS.items()
+    }  # the mapping wins over the built-in table
     write_loc_synset_mapping(write_imagenet_train(tmp_path), renamed)
     assert open_imageset("imagenet", tmp_path).class_names == [renamed[w] for w in SYNSETS]
 

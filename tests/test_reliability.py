@@ -208,7 +208,11 @@ def test_a_moved_or_copied_output_root_resolves_to_itself(tmp_path: Path) -> Non
 
 
 def test_zf_device_is_checked_up_front(monkeypatch) -> None:
-    for bad, expected in (("nonsense", "is not a torch device"), ("gpu", "is not a torch device"), ("meta", "runs on cpu or cuda")):
+    for bad, expected in (
+        ("nonsense", "is not a torch device"),
+        ("gpu", "is not a torch device"),
+        ("meta", "runs on cpu or cuda"),
+    ):
         monkeypatch.setenv("ZF_DEVICE", bad)
         with pytest.raises(ValueError, match=f"ZF_DEVICE='{bad}'.*{expected}"):
             ZFSettings.from_env()
@@ -230,12 +234,19 @@ def _top9_run(root: Path) -> None:
     settings = ZFSettings(output_root=str(root), device="cpu")
     extraction = settings.out / "features_imagenet_val" / "0123456789abcdef" / "extraction"
     ids = [f"n0{i % 3}/img_{i:02d}" for i in range(12)]
-    extract(small_model(), batches_of(random_images(12), ids, 4), extraction, split="val", layers=("conv1", "conv5", "fc6"))
+    extract(
+        small_model(), batches_of(random_images(12), ids, 4), extraction, split="val", layers=("conv1", "conv5", "fc6")
+    )
     keys = [dg.AssetKey(["features", "imagenet_val", layer]) for layer in FEATURE_LAYERS]
-    write_record(settings.out / "_records" / "features" / "imagenet_val" / "conv1.json",
-                 {"extraction": str(extraction), "fingerprint": "0123456789abcdef", "path": str(extraction.parent)}, settings.out)
+    write_record(
+        settings.out / "_records" / "features" / "imagenet_val" / "conv1.json",
+        {"extraction": str(extraction), "fingerprint": "0123456789abcdef", "path": str(extraction.parent)},
+        settings.out,
+    )
     resources = {"settings": settings, "io_manager": JsonIOManager(base_dir=str(settings.out / "_records"))}
-    result = dg.materialize([top9, top9_complete, *[dg.AssetSpec(k) for k in keys]], resources=resources, selection=[top9.key])
+    result = dg.materialize(
+        [top9, top9_complete, *[dg.AssetSpec(k) for k in keys]], resources=resources, selection=[top9.key]
+    )
     assert result.success
 
 
@@ -254,7 +265,11 @@ def test_the_readme_duckdb_snippets_run_as_written_under_an_odd_path(tmp_path: P
         monkeypatch.chdir(where)
         scope: dict = {}
         exec(python, scope)
-        rows = scope["con"].sql("SELECT rank, image_id FROM top9 WHERE layer = 'conv5' AND channel = 7 ORDER BY rank").fetchall()
+        rows = (
+            scope["con"]
+            .sql("SELECT rank, image_id FROM top9 WHERE layer = 'conv5' AND channel = 7 ORDER BY rank")
+            .fetchall()
+        )
         assert [r[0] for r in rows] == list(range(1, 10))
         assert scope["con"].sql("SELECT count(DISTINCT layer) FROM activations").fetchall() == [(3,)]
         cli = subprocess.run(["bash", "-c", shell], cwd=where, env=env, capture_output=True, text=True, timeout=120)

@@ -50,7 +50,17 @@ def mine_top(model: ZFNet, images: dict[str, torch.Tensor], layer: str, channels
         value, flat = act[:, c].flatten(1).max(1)
         for rank, n in enumerate(value.argsort(descending=True)[:k].tolist(), 1):
             y, x = divmod(int(flat[n]), act.shape[-1])
-            rows.append({"layer": layer, "channel": c, "rank": rank, "image_id": ids[n], "value": float(value[n]), "y": y, "x": x})
+            rows.append(
+                {
+                    "layer": layer,
+                    "channel": c,
+                    "rank": rank,
+                    "image_id": ids[n],
+                    "value": float(value[n]),
+                    "y": y,
+                    "x": x,
+                }
+            )
     return rows
 
 
@@ -84,7 +94,10 @@ def test_normalize_projection_is_not_washed_out_by_a_few_extreme_pixels() -> Non
     gen = torch.Generator().manual_seed(0)
     p = torch.randn(3, 32, 32, generator=gen)
     p[0, 0, 0] = 1000.0  # one spike, 300x the rest
-    contrast = lambda n: (n - 0.5).abs().flatten()[1:].mean().item()
+
+    def contrast(n: torch.Tensor) -> float:
+        return (n - 0.5).abs().flatten()[1:].mean().item()
+
     assert contrast(normalize_projection(p, clip=1.0)) < 0.01  # max|p|: all but the spike is grey
     robust = normalize_projection(p)
     assert contrast(robust) > 0.1 and robust[0, 0, 0] == 1.0 and robust.min() >= 0 and robust.max() <= 1
@@ -110,7 +123,10 @@ def test_top9_grids_for_layers_1_and_2(tmp_path: Path) -> None:
     assert (tiles.projections[0, 3:] == EMPTY_TILE).all()
     assert all(float(t.std()) > 0 for t in tiles.projections[0, :3])
     r = next(r for r in rows if r["layer"] == "conv1" and r["channel"] == 4 and r["rank"] == 2)
-    torch.testing.assert_close(tiles.patches[0, 1], unit_patch(image_to_rgb(images[r["image_id"]]), receptive_field(model, "conv1"), r["y"], r["x"]))
+    torch.testing.assert_close(
+        tiles.patches[0, 1],
+        unit_patch(image_to_rgb(images[r["image_id"]]), receptive_field(model, "conv1"), r["y"], r["x"]),
+    )
     with pytest.raises(KeyError, match="conv2 maps \\[7\\]"):
         top9_tiles(model, "conv2", rows, images, receptive_field(model, "conv2"), channels=[7])
 
@@ -160,10 +176,17 @@ def test_evolution_occlusion_invariance_and_table3_pngs(tmp_path: Path) -> None:
     assert size_of(path) == (1500, 340)
 
     imgs = torch.randn(2, 3, 67, 67, generator=torch.Generator().manual_seed(4))
-    sweeps = [invariance_sweep(model, imgs, [0, 1], "translation", [0, 8]), invariance_sweep(model, imgs, [0, 1], "rotation", [0, 90])]
+    sweeps = [
+        invariance_sweep(model, imgs, [0, 1], "translation", [0, 8]),
+        invariance_sweep(model, imgs, [0, 1], "rotation", [0, 90]),
+    ]
     assert size_of(render_fig4(sweeps, tmp_path / "fig4.png")) == (1200, 600)
 
-    config = PartsConfig([PartImage("a", {"eye": (5, 5, 15, 15)}), PartImage("b", {"eye": (30, 30, 40, 40)})], random_draws=2, parts=("eye",))
+    config = PartsConfig(
+        [PartImage("a", {"eye": (5, 5, 15, 15)}), PartImage("b", {"eye": (30, 30, 40, 40)})],
+        random_draws=2,
+        parts=("eye",),
+    )
     rows = correspondence(model, imgs, config)
     assert size_of(render_table3(rows, tmp_path / "table3.png")) == (540, 140)
     assert not list(tmp_path.glob(".*tmp*")), "temporary files left behind"

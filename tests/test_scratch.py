@@ -51,7 +51,12 @@ def test_a_network_trained_from_scratch_on_a_split_is_scored_on_its_test_images(
     with caplog.at_level(logging.WARNING, logger="zf_pipeline"):
         row = non_pretrained_run(images, roles, tmp_path / "run", size=72, recipe=recipe(lr=lr), epochs=0, n_train=8,
                                  split_index=0)
-    assert (row["method"], row["layer"], row["n_train_images"], row["n_test_images"]) == ("non-pretrained", "fc8", 24, 12)
+    assert (row["method"], row["layer"], row["n_train_images"], row["n_test_images"]) == (
+        "non-pretrained",
+        "fc8",
+        24,
+        12,
+    )
     assert row["converged"] is learns
     # A net that never left chance is said so in the log, and its row is flagged for the table's note.
     assert ("train error stayed at" in caplog.text) is not learns

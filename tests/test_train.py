@@ -16,7 +16,7 @@ from shard_writer import write_mean, write_split
 from torch import nn
 
 from zf_pipeline.data.loader import DecodedCache, ShardFormatError, augment, load_mean, open_split
-from zf_pipeline.evaluate import evaluate, evaluate_ensemble, eval_crops, topk_errors
+from zf_pipeline.evaluate import eval_crops, evaluate, evaluate_ensemble, topk_errors
 from zf_pipeline.models.checkpoint import load_checkpoint
 from zf_pipeline.tables import table1, table2
 from zf_pipeline.train import TrainConfig, filter_renormalizer, make_step, parse_args, renormalize_filters, train
@@ -176,7 +176,9 @@ def test_checkpoint_every_writes_on_its_epochs_the_kept_ones_and_the_last(data, 
 
     written = []
     real = train_module.save_checkpoint
-    monkeypatch.setattr(train_module, "save_checkpoint", lambda *a, epoch, **kw: written.append(epoch) or real(*a, epoch=epoch, **kw))
+    monkeypatch.setattr(
+        train_module, "save_checkpoint", lambda *a, epoch, **kw: written.append(epoch) or real(*a, epoch=epoch, **kw)
+    )
     fast = dict(width=0.0625, final_ten_crop=False, final_train_error=False)
     train(_config(data, tmp_path, epochs=5, checkpoint_every=3, keep_epochs=(1,), **fast))
     assert written == [1, 3, 5]
@@ -401,7 +403,9 @@ def test_tables_put_the_papers_numbers_beside_ours(tmp_path):
     row = t.to_pylist()[0]
     assert row["paper_val_top1_err"] == 38.3 and row["val_top1_err"] == 39.0
     assert "38.3" in md and "39.0" in md and md.count("\n") >= 3
-    t2, md2 = table2({"val_top1_err": 20.0, "val_top5_err": 5.0}, {"val_top1_err": 18.0, "val_top5_err": 4.0, "models": 5})
+    t2, md2 = table2(
+        {"val_top1_err": 20.0, "val_top5_err": 5.0}, {"val_top1_err": 18.0, "val_top5_err": 4.0, "models": 5}
+    )
     assert len(t2) >= 4 and "36.6" in md2 and "18.0" in md2
 
 

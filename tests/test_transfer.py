@@ -12,6 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from zf_pipeline.render import render_fig7, render_table7
+from zf_pipeline.tables import PAPER_TABLE4, PAPER_TABLE7, TABLE7_N_TRAIN, fig7, publish, table4, table5, table6, table7
 from zf_pipeline.transfer import (
     ProbeConfig,
     TooFewImagesError,
@@ -32,11 +34,9 @@ from zf_pipeline.transfer import (
     write_table,
 )
 from zf_pipeline.transfer import probes as probes_module
-from zf_pipeline.transfer.probes import Probe
-from zf_pipeline.transfer.protocol import short_of_optimum
 from zf_pipeline.transfer import protocol as protocol_module
-from zf_pipeline.render import render_fig7, render_table7
-from zf_pipeline.tables import PAPER_TABLE4, PAPER_TABLE7, TABLE7_N_TRAIN, fig7, publish, table4, table5, table6, table7
+from zf_pipeline.transfer.probes import Probe, preprocess, sklearn_fit
+from zf_pipeline.transfer.protocol import short_of_optimum
 
 
 @pytest.fixture(autouse=True)
@@ -190,6 +190,20 @@ def probe_objective(probe, X, y, c):
     return value, max(np.abs(grad_w).max(), np.abs(grad_b).max())
 
 
+@pytest.mark.parametrize("kind", ["svm", "softmax"])
+def test_fewer_images_than_dimensions_fit_in_the_row_space_exactly(kind):
+    """With D > N the reference fits on the training rows' span: the same classifier as on all D dimensions."""
+    X, y, _ = make_features([12] * 3, dim=300, separation=0.8)
+    config = ProbeConfig(kind=kind, backend="sklearn", c_grid=(10.0,), cv_folds=2, tol=1e-8, max_iter=5000)
+    probe = fit_probe(X, y, config)
+    Xp = preprocess(X, probe.mean)
+    direct, converged = sklearn_fit(Xp, y, 10.0, config)
+    assert converged and Xp.shape[0] < Xp.shape[1]
+    np.testing.assert_allclose(probe.decision_function(X), direct.decision_function(Xp), rtol=1e-3, atol=1e-3)
+    assert (probe.weight != 0).all()  # in the features' own coordinates, not the row space's
+
+
+
 @pytest.mark.parametrize("kind", ["softmax", "svm"])
 def test_preconditioned_solver_reaches_sklearn_optimum(kind):
     # D > rank of the preconditioner (rank 8 here): its top eigenpairs + mean of the rest are exercised.
@@ -244,29 +258,31 @@ def test_probe_records_non_convergence():
 
 
 def test_c_at_the_edge_of_the_grid_is_warned_about_while_accuracy_still_rises(caplog):
-    X, y, ids = make_features([30] * 3, dim=8, separation=2.0)
-    splits = class_splits(ids, y, 15, max_test=10, n_splits=2)
+    X, y, ids = make_features([40] * 4, dim=16, separation=0.8)
+    splits = class_splits(ids, y, 20, max_test=10, n_splits=2)
     with caplog.at_level("WARNING", logger=protocol_module.log.name):
-        runs = evaluate_splits(X, y, ids, splits, ProbeConfig(c_grid=(0.01, 0.1)), layer="fc7")
-    assert runs["c"].to_pylist() == [0.1, 0.1]  # 2.2 points above C = 0.01 on both splits
-    assert ("C at the edge of the grid [0.01, 0.1], its cross-validated accuracy still rising, on 2 of 2 splits "
-            "(C=[0.1])") in caplog.text
-    for grid in ((1.0,), (0.001, 0.01)):  # a single C is a choice, not a search; so strong a penalty is flat
+        runs = evaluate_splits(X, y, ids, splits, ProbeConfig(c_grid=(0.01, 1.0)), layer="fc7")
+    assert runs["c"].to_pylist() == [1.0, 1.0]  # C = 0.01 is far too strong: worse on every fold of both splits
+    assert ("C at the edge of the grid [0.01, 1.0], its cross-validated accuracy rising on every fold, "
+            "on 2 of 2 splits (C=[1.0])") in caplog.text
+    for grid in ((1.0,), (0.1, 10.0)):  # a single C is a choice, not a search; 0.1 and 10 are within noise
         caplog.clear()
         with caplog.at_level("WARNING", logger=protocol_module.log.name):
             evaluate_splits(X, y, ids, splits, ProbeConfig(c_grid=grid), layer="fc7")
         assert "edge of the grid" not in caplog.text
 
 
-def test_an_edge_c_counts_as_short_of_the_optimum_only_beyond_the_margin():
-    def probe(c: float, cv: dict[float, float]) -> Probe:
-        return Probe("svm", np.arange(2), np.zeros(1), np.zeros((1, 2)), np.zeros(2), c, cv)
+def test_an_edge_c_counts_as_short_of_the_optimum_only_when_it_gains_on_every_fold_beyond_the_margin():
+    def probe(c: float, folds: dict[float, list[float]]) -> Probe:
+        cv = {k: float(np.mean(v)) for k, v in folds.items()}
+        return Probe("svm", np.arange(2), np.zeros(1), np.zeros((1, 2)), np.zeros(2), c, cv, folds)
 
     grid = (1.0, 10.0, 100.0)
-    assert short_of_optimum(probe(100.0, {1.0: 80.0, 10.0: 90.0, 100.0: 92.0}), grid)
-    assert short_of_optimum(probe(1.0, {1.0: 92.0, 10.0: 90.0, 100.0: 80.0}), grid)
-    assert not short_of_optimum(probe(100.0, {1.0: 80.0, 10.0: 90.0, 100.0: 91.0}), grid)  # a plateau
-    assert not short_of_optimum(probe(10.0, {1.0: 80.0, 10.0: 95.0, 100.0: 90.0}), grid)  # bracketed
+    assert short_of_optimum(probe(100.0, {1.0: [80, 80], 10.0: [90, 89], 100.0: [92, 91]}), grid)
+    assert short_of_optimum(probe(1.0, {1.0: [92, 93], 10.0: [90, 90], 100.0: [80, 80]}), grid)
+    assert not short_of_optimum(probe(100.0, {1.0: [80, 80], 10.0: [90, 90], 100.0: [91, 90.5]}), grid)  # plateau
+    assert not short_of_optimum(probe(100.0, {1.0: [80, 80], 10.0: [90, 90], 100.0: [96, 89]}), grid)  # one fold
+    assert not short_of_optimum(probe(10.0, {1.0: [80, 80], 10.0: [95, 95], 100.0: [90, 90]}), grid)  # bracketed
     assert not short_of_optimum(probe(10.0, {}), grid)  # no cross-validation (one image in a class)
 
 
@@ -363,7 +379,10 @@ def test_tables_put_paper_numbers_beside_ours(tmp_path):
     assert "86.5 ± 0.5" in md4 and "Did not converge" not in md4
     _, flagged = table4(pa.concat_tables([runs, pa.Table.from_pylist([{**scratch.to_pylist()[0], "converged": False}],
                                                                      schema=runs.schema)]))
-    assert "Did not converge, included in the means: Non-pretrained convnet (convnet on fc8), 30/class, split 0." in flagged
+    assert (
+        "Did not converge, included in the means: Non-pretrained convnet (convnet on fc8), 30/class, split 0."
+        in flagged
+    )
 
     t5, _ = table5(runs)
     assert set(t5.filter(pc.equal(t5["row"], "(Sohn et al., 2011)"))["n_train"].to_pylist()) == {15, 30, 45, 60}
@@ -418,7 +437,9 @@ def test_table7_names_the_target_as_the_user_does_and_flags_unconverged_fits(tmp
     assert set(own["dataset"].to_pylist()) == {"birds"} and own["paper_mean"].null_count == own.num_rows
     assert "birds (30/class) ours" in md and "paper" not in md.split("\n")[2]
     assert render_table7(own, tmp_path / "own.png").read_bytes()[:4] == b"\x89PNG"
-    stuck = pa.Table.from_pylist([{**r, "converged": r["split_index"] != 1} for r in runs.to_pylist()], schema=runs.schema)
+    stuck = pa.Table.from_pylist(
+        [{**r, "converged": r["split_index"] != 1} for r in runs.to_pylist()], schema=runs.schema
+    )
     _, md = table7({"caltech101": stuck}, names={"caltech101": "birds"})
     assert md.endswith("Did not converge, included in the means: birds: ImageNet-pretrained convnet (svm on conv5), "
                        "30/class, split 1.")

@@ -111,7 +111,8 @@ def _filter(signal: torch.Tensor, conv: nn.Conv2d, input_shape: torch.Size) -> t
     kernel = _pair(conv.kernel_size)
     # Strided convolutions drop up to stride-1 trailing rows/cols; output_padding puts them back.
     output_padding = tuple(
-        input_shape[-2 + i] - ((signal.shape[-2 + i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (kernel[i] - 1) + 1)
+        input_shape[-2 + i]
+        - ((signal.shape[-2 + i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (kernel[i] - 1) + 1)
         for i in range(2)
     )
     return F.conv_transpose2d(

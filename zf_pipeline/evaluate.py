@@ -38,7 +38,9 @@ def crop_offsets(size: int, crop: int, mode: str) -> list[tuple[int, int]]:
     raise ValueError(f"crop mode must be 'center' or 'ten', not {mode!r}")
 
 
-def eval_crops(images: torch.Tensor, mean: torch.Tensor, crop: int, mode: str, scale: float = 1.0) -> list[torch.Tensor]:
+def eval_crops(
+    images: torch.Tensor, mean: torch.Tensor, crop: int, mode: str, scale: float = 1.0
+) -> list[torch.Tensor]:
     """The mean-subtracted test crops of a uint8 N x 3 x S x S batch: 1 (center) or 10 (with flips)."""
     x = (images.float() - mean) * scale
     out = []

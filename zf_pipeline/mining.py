@@ -81,7 +81,9 @@ def sample_row_groups(files: list[Path], images: int = SAMPLE_IMAGES) -> pa.Tabl
     return sample.set_column(1, "value", sample.column("value").cast(pa.float32()))  # DuckDB takes no Arrow float16
 
 
-def top_k(con: duckdb.DuckDBPyConnection, layer: str, folder: Path, k: int = 9, sample_images: int = SAMPLE_IMAGES) -> pa.Table:
+def top_k(
+    con: duckdb.DuckDBPyConnection, layer: str, folder: Path, k: int = 9, sample_images: int = SAMPLE_IMAGES
+) -> pa.Table:
     """The top-k rows of every map of one layer partition: layer, channel, rank (1..k), image_id, label, value, y, x."""
     files = sorted(folder.glob("*.parquet"))
     con.register("sample", sample_row_groups(files, sample_images))
@@ -167,7 +169,10 @@ def check_activation_counts(extraction_dir: str | Path) -> tuple[bool, str]:
         rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
         expected = summary.images * summary.layers[layer].channels
         if rows != expected:
-            bad.append(f"{layer}: {rows} rows, expected {summary.images} images x {summary.layers[layer].channels} channels = {expected}")
+            bad.append(
+                f"{layer}: {rows} rows, expected {summary.images} images x {summary.layers[layer].channels} "
+                f"channels = {expected}"
+            )
     if bad:
         return False, f"activation row counts in {root / 'activations'} are off: " + "; ".join(bad)
     return True, f"{len(summary.activation_layers)} layers x {summary.images} images: row counts match"

@@ -46,8 +46,10 @@ def _read(files: list[Path], base: Path | None) -> str:
 
 def _by_layer(folder: Path, layers: list[str], base: Path | None) -> str:
     """One table over ``<folder>/layer=<name>/*.parquet`` of every layer, with the layer as a column."""
-    parts = [f"SELECT *, {_quote(layer)} AS layer FROM {_read(sorted((folder / f'layer={layer}').glob('*.parquet')), base)}"
-             for layer in layers]
+    parts = [
+        f"SELECT *, {_quote(layer)} AS layer FROM {_read(sorted((folder / f'layer={layer}').glob('*.parquet')), base)}"
+        for layer in layers
+    ]
     return " UNION ALL BY NAME ".join(parts)
 
 
@@ -63,7 +65,10 @@ def views_sql(extraction: str | Path, top9: str | Path | None = None, base: str 
         by_layer = _by_layer(extraction / "activations", list(summary.activation_layers), base)
         lines.append(f"CREATE OR REPLACE VIEW activations AS {by_layer};")
     if summary.feature_layers:
-        lines.append(f"CREATE OR REPLACE VIEW features AS {_by_layer(extraction / 'features', list(summary.feature_layers), base)};")
+        lines.append(
+            "CREATE OR REPLACE VIEW features AS "
+            f"{_by_layer(extraction / 'features', list(summary.feature_layers), base)};"
+        )
     for layer in summary.feature_layers:
         n = summary.layers[layer].vector_length
         files = sorted((extraction / "features" / f"layer={layer}").glob("*.parquet"))

@@ -307,8 +307,11 @@ def table7(runs_by_dataset: dict[str, pa.Table], names: dict[str, str] | None = 
             c = cells[names[d]]
             line.append(_fmt(c[f"{who}_mean"], c[f"{who}_std"]))
         lines.append(line)
-    return table, ("**Table 7: per-layer linear classifiers** (mean per-class accuracy %)\n\n" + _markdown(header, lines)
-                   + _note(notes))
+    return table, (
+        "**Table 7: per-layer linear classifiers** (mean per-class accuracy %)\n\n"
+        + _markdown(header, lines)
+        + _note(notes)
+    )
 
 
 def fig7(runs: pa.Table) -> tuple[pa.Table, str]:

@@ -101,7 +101,9 @@ def load_parts_config(path: str | Path) -> PartsConfig:
     return PartsConfig(images, draws, seed, names)
 
 
-def in_input_pixels(config: PartsConfig, sizes: Sequence[tuple[int, int]], resize: int = 256, crop: int = 224) -> PartsConfig:
+def in_input_pixels(
+    config: PartsConfig, sizes: Sequence[tuple[int, int]], resize: int = 256, crop: int = 224
+) -> PartsConfig:
     """``config`` with every box mapped from its original image (``sizes[i]`` = (width, height)) to the
     network input: smaller side resized to ``resize``, the centre ``resize`` square, its centre ``crop`` square.
     Boxes grow to whole pixels and are clipped to the crop."""
@@ -201,7 +203,9 @@ def correspondence(
     for name, by_layer in pairs.items():
         for layer, parts in by_layer.items():
             d = np.concatenate(parts)
-            rows.append({"part": name, "layer": layer, "mean": float(d.mean()), "std": float(d.std()), "pairs": int(d.size)})
+            rows.append(
+                {"part": name, "layer": layer, "mean": float(d.mean()), "std": float(d.std()), "pairs": int(d.size)}
+            )
     return rows
 
 

@@ -33,10 +33,14 @@ class ValImages:
         # Added back (at the input's scale) to show images in their colours.
         self.display_mean = full[:, offset : offset + crop, offset : offset + crop] * scale
 
-    def batches(self, batch_size: int = 128, limit: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+    def batches(
+        self, batch_size: int = 128, limit: int | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
         """(inputs on the device, labels, image_ids), in the split's order, at most ``limit`` images."""
         seen = 0
-        for x, y, ids in loader.network_inputs(self.split, self.mean_full, self.crop, batch_size, self.device, self.scale):
+        for x, y, ids in loader.network_inputs(
+            self.split, self.mean_full, self.crop, batch_size, self.device, self.scale
+        ):
             if limit is not None and seen >= limit:
                 return
             keep = len(ids) if limit is None else min(len(ids), limit - seen)

@@ -68,7 +68,13 @@ class InvarianceResult:
         """Tidy rows: transform, amount, image_id, measure ('distance_<layer>' or 'true_prob'), value."""
         measures = {f"distance_{layer}": d for layer, d in self.distance.items()} | {"true_prob": self.true_prob}
         return [
-            {"transform": self.transform, "amount": float(a), "image_id": image_id, "measure": measure, "value": float(v[i, k])}
+            {
+                "transform": self.transform,
+                "amount": float(a),
+                "image_id": image_id,
+                "measure": measure,
+                "value": float(v[i, k]),
+            }
             for measure, v in measures.items()
             for i, image_id in enumerate(self.image_ids)
             for k, a in enumerate(self.amounts)

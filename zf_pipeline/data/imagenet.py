@@ -218,7 +218,8 @@ def _all_synsets(root: Path) -> tuple[list[str], str]:
     meta = _devkit_file(root, META)
     if meta is not None:
         return sorted(wnid for wnid, _ in _read_meta(meta, str(root / META), leaves=True).values()), "meta.mat"
-    return sorted(synset_names(root)), LOC_SYNSET_MAPPING if (root / LOC_SYNSET_MAPPING).is_file() else "built-in ILSVRC-2012"
+    listed_in = LOC_SYNSET_MAPPING if (root / LOC_SYNSET_MAPPING).is_file() else "built-in ILSVRC-2012"
+    return sorted(synset_names(root)), listed_in
 
 
 def read_imagenet(root: str | os.PathLike, split: str = "train") -> ImageSet:
@@ -237,7 +238,9 @@ def read_imagenet(root: str | os.PathLike, split: str = "train") -> ImageSet:
     index = {wnid: i for i, wnid in enumerate(classes)}
     for wnid, _, source in images:
         if wnid not in index:
-            raise layout_error("ImageNet", source, f"synset {wnid} is not among the {len(classes)} {listed_in} synsets", TREE)
+            raise layout_error(
+                "ImageNet", source, f"synset {wnid} is not among the {len(classes)} {listed_in} synsets", TREE
+            )
     records = [ImageRecord(f"{wnid}/{stem(os.path.basename(n))}", src, index[wnid], wnid) for wnid, n, src in images]
     if not records:
         raise layout_error("ImageNet", where.path, f"the {split} split has no images", TREE)

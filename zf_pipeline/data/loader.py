@@ -184,7 +184,9 @@ def decode_split(
             for (key, _, label), image in zip(part, images):
                 if image is None or image.shape != (3, split.size, split.size):
                     skipped.append(key)
-                    log.warning("%s: %s is not a decodable %dx%d JPEG; left out", split.root, key, split.size, split.size)
+                    log.warning(
+                        "%s: %s is not a decodable %dx%d JPEG; left out", split.root, key, split.size, split.size
+                    )
                     continue
                 out[n] = image
                 labels.append(label)
@@ -248,7 +250,9 @@ def make_source(
                  mode, split.root, need / 1e9, rank, device, budget / 1e9,
                  "" if mode == "cache" else f"; streaming with {workers} decoding workers")
     if mode == "cache":
-        return DecodedCache(split, batch_size, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size, device=device)
+        return DecodedCache(
+            split, batch_size, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size, device=device
+        )
     if mode == "stream":
         return ShardStream(split, batch_size, shuffle=shuffle, seed=seed, workers=workers, rank=rank,
                            world_size=world_size, device=device)
@@ -268,7 +272,9 @@ def crop_draws(n: int, size: int, crop: int, generator: torch.Generator, device:
     return draws.to(device, non_blocking=True)
 
 
-def crop_flip(images: torch.Tensor, mean: torch.Tensor, draws: torch.Tensor, crop: int, scale: float = 1.0) -> torch.Tensor:
+def crop_flip(
+    images: torch.Tensor, mean: torch.Tensor, draws: torch.Tensor, crop: int, scale: float = 1.0
+) -> torch.Tensor:
     """(image - mean) * scale cut at ``draws``' offsets and flipped where drawn; float N x 3 x crop x crop.
 
     Pure tensor code with no host sync, so it can be compiled into the training step (one fused gather).
@@ -331,7 +337,11 @@ def labelled_batches(
         raw = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for _, d, _ in chunk]
         if device.type != "cuda":
             raw = torch.stack(list(pool.map(lambda r: decode_jpeg(r, mode=ImageReadMode.RGB), raw)))
-        return raw, torch.tensor([label for _, _, label in chunk], dtype=torch.int64), [image_id for image_id, _, _ in chunk]
+        return (
+            raw,
+            torch.tensor([label for _, _, label in chunk], dtype=torch.int64),
+            [image_id for image_id, _, _ in chunk],
+        )
 
     def ready(raw, labels: torch.Tensor, ids: list[str]):
         # nvJPEG runs here, on the consumer's thread, after its queued kernels drained (decode_jpegs_cuda).
@@ -351,7 +361,12 @@ def labelled_batches(
 
 
 def network_inputs(
-    split: Split, mean: torch.Tensor, crop: int, batch_size: int = 128, device: str | torch.device = "cpu", scale: float = 1.0
+    split: Split,
+    mean: torch.Tensor,
+    crop: int,
+    batch_size: int = 128,
+    device: str | torch.device = "cpu",
+    scale: float = 1.0,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
     """The network's test input for every image of a split, in order: the mean-subtracted center crop
     (section 3.1), as ``(float N x 3 x crop x crop, labels, image_ids)``. ``mean`` is 3 x S x S on ``device``."""

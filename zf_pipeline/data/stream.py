@@ -41,7 +41,9 @@ JOBS_PER_WORKER = 3
 
 def _jpegs(shard: Path) -> list[tuple[str, int, int]]:
     """(key, offset, size) of each sample's JPEG in a shard, from its tar headers."""
-    return [(name.partition(".")[0], m.offset, m.size) for name, m in tar_members(shard).items() if name.endswith(".jpg")]
+    return [
+        (name.partition(".")[0], m.offset, m.size) for name, m in tar_members(shard).items() if name.endswith(".jpg")
+    ]
 
 
 class SampleIndex:

@@ -1,7 +1,6 @@
 """ZFNet and its Table 1 variants, and checkpoint I/O."""
 
 from zf_pipeline.models.checkpoint import load_checkpoint, load_model, save_checkpoint
-
 from zf_pipeline.models.zfnet import (
     CONV_LAYERS,
     FEATURE_LAYERS,

@@ -89,7 +89,9 @@ def _save_figure(fig: Figure, path: str | Path) -> Path:
 # ---------------------------------------------------------------- dataset samples
 
 
-def render_samples(images: Sequence[Image.Image], captions: Sequence[str], path: str | Path, tile: int = 96, columns: int = 8) -> Path:
+def render_samples(
+    images: Sequence[Image.Image], captions: Sequence[str], path: str | Path, tile: int = 96, columns: int = 8
+) -> Path:
     """A grid of images with a caption under each (e.g. the first samples of a shard)."""
     rows = max(1, math.ceil(len(images) / columns))
     cell_h = tile + 14

@@ -21,7 +21,9 @@ def render_fig4(results: Sequence[object], path: str | Path, dpi: int = 100) -> 
     fig = Figure(figsize=(4 * (len(layers) + 1), 3 * len(results)), dpi=dpi)
     axes = np.atleast_2d(fig.subplots(len(results), len(layers) + 1, squeeze=False))
     for row, res in zip(axes, results):
-        curves = [(f"{layer}: Euclidean distance", res.distance[layer]) for layer in layers] + [("p(true class)", res.true_prob)]
+        curves = [(f"{layer}: Euclidean distance", res.distance[layer]) for layer in layers] + [
+            ("p(true class)", res.true_prob)
+        ]
         for ax, (title, values) in zip(row, curves):
             for image_id, v in zip(res.image_ids, values):
                 ax.plot(res.amounts, v, marker=".", label=image_id)

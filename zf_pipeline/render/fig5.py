@@ -33,7 +33,12 @@ def render_fig5(
     fig = Figure(figsize=(15, 3.4), dpi=dpi)
     ax = fig.subplots(1, 5)
     half = result.size / 2
-    extent = (result.xs[0] + half - 0.5, result.xs[-1] + half + 0.5, result.ys[-1] + half + 0.5, result.ys[0] + half - 0.5)
+    extent = (
+        result.xs[0] + half - 0.5,
+        result.xs[-1] + half + 0.5,
+        result.ys[-1] + half + 0.5,
+        result.ys[0] + half - 0.5,
+    )
     ax[0].imshow(np.clip(img, 0, 1))
     mid_y, mid_x = result.ys[len(result.ys) // 2], result.xs[len(result.xs) // 2]
     ax[0].add_patch(Rectangle((mid_x - 0.5, mid_y - 0.5), result.size, result.size, color="0.5"))
@@ -46,7 +51,9 @@ def render_fig5(
     if receptive_field is not None:
         size, stride, offset = receptive_field
         y, x = result.unit
-        ax[2].add_patch(Rectangle((offset + x * stride - 0.5, offset + y * stride - 0.5), size, size, fill=False, color="k"))
+        ax[2].add_patch(
+            Rectangle((offset + x * stride - 0.5, offset + y * stride - 0.5), size, size, fill=False, color="k")
+        )
     ax[2].set_title("(c) projection of that map")
     im = ax[3].imshow(result.true_prob, extent=extent, cmap="jet", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax[3], fraction=0.046)

@@ -88,7 +88,9 @@ def top9_tiles(
     missing = sorted(set(channels) - set(present))
     if missing:
         raise KeyError(f"top-9 rows have no entries for {layer} maps {missing[:10]}")
-    by_channel = {c: sorted((r for r in table if int(r["channel"]) == c), key=lambda r: int(r["rank"]))[:9] for c in channels}
+    by_channel = {
+        c: sorted((r for r in table if int(r["channel"]) == c), key=lambda r: int(r["rank"]))[:9] for c in channels
+    }
     size = receptive_field[0]
     proj_tiles = torch.full((len(channels), 9, 3, size, size), EMPTY_TILE)
     patch_tiles = torch.full_like(proj_tiles, EMPTY_TILE)

@@ -13,8 +13,8 @@ from zf_pipeline.tables import PAPER_TABLE7, TABLE7_LAYERS
 
 
 def render_table7(table: pa.Table, path: str | os.PathLike) -> Path:
-    """Draw :func:`zf_pipeline.tables.table7` as accuracy against depth, one panel per dataset, to a PNG written atomically:
-    ours (mean +- std over splits) as lines, the paper's (for the paper's datasets) as dashed crosses of the
+    """Draw :func:`zf_pipeline.tables.table7` as accuracy against depth, one panel per dataset, to a PNG written
+    atomically: ours (mean +- std over splits) as lines, the paper's (for the paper's datasets) as dashed crosses of the
     same colour. (classifier, layer) pairs we did not run (``ours_mean`` None) are left out of our lines."""
     rows = table.to_pylist()
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
