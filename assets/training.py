@@ -24,7 +24,7 @@ from zf_pipeline.data import loader
 from zf_pipeline.models import checkpoint, zfnet
 
 TRAIN_CODE = code_version(train, loader, zfnet, checkpoint, evaluate, filters)
-# The demo trains on 96 px crops of its 128 px shards: a quarter-width net learns the shapes in under a minute on 2 cores.
+# The demo trains on 96 px crops of its 128 px shards: a quarter-width net learns the shapes on 2 cores in a minute.
 DEMO_CROP, PAPER_CROP = 96, 224
 # The demo's start (docs/demo.md): He init but conv1 from N(0, 1e-2), inputs scaled by 1/16, one warm-up epoch; with
 # its weight decay, its projections show the shapes instead of the init's noise.
@@ -56,15 +56,20 @@ class TrainingConfig(dg.Config):
     seed: int = 0
     loader: str = "auto"  # 'cache' (decoded split kept on the device), 'stream' (decoded every epoch) or 'auto'
     cache_budget_gb: float = 0.0  # 'auto' caches when the decoded split fits; 0: half the GPU's memory
-    workers: int = 0  # stream decoding processes; 0: all cores but two on a GPU, none on the CPU (they would compete with training)
+    # Stream decoding processes; 0: all cores but two on a GPU, none on the CPU (they would compete with training).
+    workers: int = 0
     compile: bool | None = None  # torch.compile the network and the augmentation; unset: on a GPU
     launcher: str = "inprocess"  # or 'pipes': a subprocess through Dagster Pipes
 
 
-def train_config(settings: ZFSettings, config: TrainingConfig, train_dir: str, val_dir: str, mean: str, **over) -> train.TrainConfig:
+def train_config(
+    settings: ZFSettings, config: TrainingConfig, train_dir: str, val_dir: str, mean: str, **over
+) -> train.TrainConfig:
     """The library's TrainConfig for this asset config (output folder filled in by the cache)."""
     demo = settings.demo
     init = config.init or ("kaiming" if demo else "normal")
+    conv1_std = (DEMO_CONV1_INIT_STD if demo else None) if config.conv1_init_std is None else config.conv1_init_std
+    gpu = settings.torch_device().startswith("cuda")
     return train.TrainConfig(
         shards=train_dir,
         val_shards=val_dir,
@@ -78,8 +83,7 @@ def train_config(settings: ZFSettings, config: TrainingConfig, train_dir: str, v
         momentum=config.momentum,
         weight_decay=config.weight_decay or (5e-2 if demo else 5e-4),
         init=init,
-        conv1_init_std=(DEMO_CONV1_INIT_STD if demo else None) if config.conv1_init_std is None
-        else config.conv1_init_std or None,
+        conv1_init_std=conv1_std or None,
         input_scale=config.input_scale or ((DEMO_INPUT_SCALE if demo else 1 / 64) if init == "kaiming" else 1.0),
         patience=config.patience,
         warmup_epochs=(DEMO_WARMUP_EPOCHS if demo else 0) if config.warmup_epochs is None else config.warmup_epochs,
@@ -91,7 +95,7 @@ def train_config(settings: ZFSettings, config: TrainingConfig, train_dir: str, v
         device=settings.torch_device(),
         loader=config.loader,
         cache_budget_gb=config.cache_budget_gb,
-        workers=config.workers or (max(1, (os.cpu_count() or 1) - 2) if settings.torch_device().startswith("cuda") else 0),
+        workers=config.workers or (max(1, (os.cpu_count() or 1) - 2) if gpu else 0),
         compile=settings.use_compile(config.compile),
     )
 
@@ -105,13 +109,21 @@ def run_training(
     pipes: dg.PipesSubprocessClient | None = None,
 ) -> dict:
     """Train (or find in the cache, or resume) one network; returns the run's record."""
-    key_cfg = {k: v for k, v in cfg.to_dict().items() if k not in ("shards", "val_shards", "mean", "out", "device", "workers")}
+    key_cfg = {
+        k: v for k, v in cfg.to_dict().items() if k not in ("shards", "val_shards", "mean", "out", "device", "workers")
+    }
 
     def build(out: Path) -> dict:
         run = dataclasses.replace(cfg, out=str(out))
         if launcher == "pipes":
-            flags = [f"--{k.replace('_', '-')}={v}" for k, v in run.to_dict().items() if v is not None and not isinstance(v, (bool, list))]
-            flags += [f"--{'' if v else 'no-'}{k.replace('_', '-')}" for k, v in run.to_dict().items() if isinstance(v, bool)]
+            flags = [
+                f"--{k.replace('_', '-')}={v}"
+                for k, v in run.to_dict().items()
+                if v is not None and not isinstance(v, (bool, list))
+            ]
+            flags += [
+                f"--{'' if v else 'no-'}{k.replace('_', '-')}" for k, v in run.to_dict().items() if isinstance(v, bool)
+            ]
             pipes.run(command=[sys.executable, "-m", "assets.pipes_train", *flags], context=context)
         else:
             train.train(run)
@@ -152,8 +164,14 @@ def zfnet_model(
 ) -> dg.Output[dict]:
     """The paper's model (Fig. 2 / Table 1 "Our model") trained as in section 3.1, with per-epoch
     checkpoints (those of Fig. 3's epochs kept), metrics and the learning curve."""
-    cfg = train_config(settings, config, imagenet_train_shards["path"], imagenet_val_shards["path"], pixel_mean_image["file"])
-    upstream = [imagenet_train_shards["fingerprint"], imagenet_val_shards["fingerprint"], pixel_mean_image["fingerprint"]]
+    cfg = train_config(
+        settings, config, imagenet_train_shards["path"], imagenet_val_shards["path"], pixel_mean_image["file"]
+    )
+    upstream = [
+        imagenet_train_shards["fingerprint"],
+        imagenet_val_shards["fingerprint"],
+        pixel_mean_image["fingerprint"],
+    ]
     with settings.gpu_lock(context.log.info):
         record = run_training(context, settings, cfg, upstream, config.launcher, dg.PipesSubprocessClient())
     # An explicit Output: after a Pipes session Dagster expects events rather than a bare value.
@@ -169,9 +187,12 @@ def zfnet_model_learned(settings: ZFSettings) -> dg.AssetCheckResult:
     chance = 100.0 * (1 - 1 / model.config.num_classes)
     passed = err == err and err < chance
     verdict = "below" if passed else "not below"
-    return dg.AssetCheckResult(passed=passed, description=f"val top-1 error {err:.2f}% is {verdict} chance ({chance:.2f}%, "
-                                                          f"{model.config.num_classes} classes)",
-                               metadata={"val_top1_err": err, "chance_err": round(chance, 2)})
+    return dg.AssetCheckResult(
+        passed=passed,
+        description=f"val top-1 error {err:.2f}% is {verdict} chance ({chance:.2f}%, "
+        f"{model.config.num_classes} classes)",
+        metadata={"val_top1_err": err, "chance_err": round(chance, 2)},
+    )
 
 
 class Table1Config(TrainingConfig):
@@ -189,12 +210,25 @@ def table1(
 ) -> dict:
     """Table 1: each architecture variant trained with the same recipe; train top-1, val top-1 / top-5
     error (10 crops) beside the paper's. Runs identical to zfnet_model's are shared through the cache."""
-    upstream = [imagenet_train_shards["fingerprint"], imagenet_val_shards["fingerprint"], pixel_mean_image["fingerprint"]]
+    upstream = [
+        imagenet_train_shards["fingerprint"],
+        imagenet_val_shards["fingerprint"],
+        pixel_mean_image["fingerprint"],
+    ]
     runs = []
     with settings.gpu_lock(context.log.info):
         for arch in config.archs:
-            cfg = train_config(settings, config, imagenet_train_shards["path"], imagenet_val_shards["path"], pixel_mean_image["file"], arch=arch)
-            runs.append(run_training(context, settings, cfg, upstream, config.launcher, dg.PipesSubprocessClient())["path"])
+            cfg = train_config(
+                settings,
+                config,
+                imagenet_train_shards["path"],
+                imagenet_val_shards["path"],
+                pixel_mean_image["file"],
+                arch=arch,
+            )
+            runs.append(
+                run_training(context, settings, cfg, upstream, config.launcher, dg.PipesSubprocessClient())["path"]
+            )
     table, md = tables.table1_from_runs(runs)
     return {**publish_table(context, settings.out / "table1", "table1", table, md), "runs": runs}
 
@@ -216,12 +250,26 @@ def table2(
     """Table 2: the single model, and an ensemble of ``models`` networks (seeds 0..N-1, probabilities
     averaged over 10 crops and over networks), beside the paper's numbers."""
     with settings.gpu_lock(context.log.info):
-        upstream = [imagenet_train_shards["fingerprint"], imagenet_val_shards["fingerprint"], pixel_mean_image["fingerprint"]]
+        upstream = [
+            imagenet_train_shards["fingerprint"],
+            imagenet_val_shards["fingerprint"],
+            pixel_mean_image["fingerprint"],
+        ]
         records = [zfnet_model] + [
             run_training(
-                context, settings,
-                train_config(settings, config, imagenet_train_shards["path"], imagenet_val_shards["path"], pixel_mean_image["file"], seed=config.seed + i),
-                upstream, config.launcher, dg.PipesSubprocessClient(),
+                context,
+                settings,
+                train_config(
+                    settings,
+                    config,
+                    imagenet_train_shards["path"],
+                    imagenet_val_shards["path"],
+                    pixel_mean_image["file"],
+                    seed=config.seed + i,
+                ),
+                upstream,
+                config.launcher,
+                dg.PipesSubprocessClient(),
             )
             for i in range(1, config.models)
         ]
@@ -234,11 +282,15 @@ def table2(
         def batches():
             return loader.make_source(split, 256, shuffle=False, device=device).epoch(0)
 
-        ensemble = evaluate.evaluate_ensemble(models, batches, mean, crop, mode="ten", scale=scale, amp=device.type == "cuda")
+        ensemble = evaluate.evaluate_ensemble(
+            models, batches, mean, crop, mode="ten", scale=scale, amp=device.type == "cuda"
+        )
     single = records[0]["final"]
     table, md = tables.table2(
         {"val_top1_err": single["val_10crop_top1_err"], "val_top5_err": single["val_10crop_top5_err"]},
         {"val_top1_err": ensemble["top1_err"], "val_top5_err": ensemble["top5_err"], "models": config.models},
     )
-    return {**publish_table(context, settings.out / "table2", "table2", table, md), "runs": [r["path"] for r in records]}
-
+    return {
+        **publish_table(context, settings.out / "table2", "table2", table, md),
+        "runs": [r["path"] for r in records],
+    }

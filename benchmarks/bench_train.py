@@ -50,7 +50,9 @@ def _rate(step_fn, steps: int, warmup: int, batch: int) -> float:
 
 def fused_step(net: torch.nn.Module, opt: torch.optim.Optimizer, mean: torch.Tensor, crop: int, mode: str | None,
                after_update=None):
-    """``step(uint8 images, labels, draws)`` with crop/flip/mean inside one compiled forward (``mode`` for torch.compile)."""
+    """``step(uint8 images, labels, draws)`` with crop/flip/mean inside one compiled forward.
+
+    ``mode`` goes to torch.compile."""
 
     def forward_loss(images, labels, draws):
         x = crop_flip(images, mean, draws, crop)
@@ -107,7 +109,7 @@ def bench(arch: str, args) -> list[dict]:
             print("row", json.dumps(rows[-1]), flush=True)
         batches = endless(src)
 
-        def e2e() -> None:
+        def e2e(batches=batches) -> None:
             images, labels = next(batches)
             draws = crop_draws(len(images), images.shape[-1], 224, gen, dev)
             if how in fused:

@@ -397,7 +397,9 @@ def train(cfg: TrainConfig) -> RunResult:
                          images_val=val_split.num_images)
             write_bytes_atomic(out / "result.json", json.dumps(final, indent=1).encode())
             if metrics:
-                plot_learning_curve(metrics, out / "learning_curve.png", f"{cfg.arch} on {Path(cfg.shards).resolve().parent.name}")
+                plot_learning_curve(
+                    metrics, out / "learning_curve.png", f"{cfg.arch} on {Path(cfg.shards).resolve().parent.name}"
+                )
     if world > 1:
         dist.barrier()
     return RunResult(out, metrics, final, net, last)
