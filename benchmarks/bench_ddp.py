@@ -21,7 +21,8 @@ from torch import nn
 from zf_pipeline.data.loader import crop_draws, crop_flip, endless, load_mean, make_source, open_split
 from zf_pipeline.distributed import dist_env
 from zf_pipeline.models import build, variant
-from zf_pipeline.train import kaiming_init, make_step
+from zf_pipeline.models.zfnet import kaiming_init
+from zf_pipeline.train import make_step
 
 
 def main() -> None:

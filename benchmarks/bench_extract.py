@@ -38,8 +38,7 @@ import torch
 from zf_pipeline.features import ExtractionSummary, LayerInfo, Writers, extract
 from zf_pipeline.features.outputs import layer_shapes
 from zf_pipeline.features.writers import HostRing
-from zf_pipeline.models.zfnet import CONV_LAYERS, FEATURE_LAYERS, build, variant
-from zf_pipeline.train import kaiming_init
+from zf_pipeline.models.zfnet import CONV_LAYERS, FEATURE_LAYERS, build, kaiming_init, variant
 
 
 def synchronize(device: torch.device) -> None:

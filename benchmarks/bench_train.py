@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from zf_pipeline.data.loader import crop_draws, crop_flip, endless, load_mean, make_source, open_split
 from zf_pipeline.data.stream import measure
 from zf_pipeline.models import build, variant
-from zf_pipeline.train import filter_renormalizer, kaiming_init, make_step
+from zf_pipeline.models.zfnet import filter_renormalizer, kaiming_init
+from zf_pipeline.train import make_step
 
 DESIGN_CEILING = {"krizhevsky": 25_800, "ours": 19_500, "zf_published": 16_600}
 

@@ -17,8 +17,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from zf_pipeline import features
-from zf_pipeline.models.zfnet import CONV_LAYERS, build, variant
-from zf_pipeline.train import kaiming_init
+from zf_pipeline.models.zfnet import CONV_LAYERS, build, kaiming_init, variant
 
 
 class OpCounter(TorchDispatchMode):

@@ -21,8 +21,7 @@ import torch
 from zf_pipeline.data.loader import load_mean, network_inputs, open_split
 from zf_pipeline.features import maxima_and_vectors
 from zf_pipeline.models.checkpoint import load_model
-from zf_pipeline.models.zfnet import CONV_LAYERS, FEATURE_LAYERS, build, variant
-from zf_pipeline.train import kaiming_init
+from zf_pipeline.models.zfnet import CONV_LAYERS, FEATURE_LAYERS, build, kaiming_init, variant
 
 
 def report(name: str, model, batches: list[torch.Tensor], compiled_modes: tuple[bool, ...]) -> None:

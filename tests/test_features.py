@@ -20,9 +20,8 @@ from zf_pipeline import features
 from zf_pipeline.features import RING_SLOTS, SUMMARY_FILE, ExtractionSummary, WriterOptions, Writers, extract
 from zf_pipeline.features.writers import HostRing
 from zf_pipeline.mining import mine_top9
-from zf_pipeline.models.zfnet import build, variant
+from zf_pipeline.models.zfnet import build, kaiming_init, variant
 from zf_pipeline.query import connect, write_views
-from zf_pipeline.train import kaiming_init
 
 SIZE = 64
 

@@ -18,8 +18,9 @@ from torch import nn
 from zf_pipeline.data.loader import DecodedCache, ShardFormatError, augment, load_mean, open_split
 from zf_pipeline.evaluate import eval_crops, evaluate, evaluate_ensemble, topk_errors
 from zf_pipeline.models.checkpoint import load_checkpoint
+from zf_pipeline.models.zfnet import filter_renormalizer, kaiming_init, renormalize_filters
 from zf_pipeline.tables import table1, table2
-from zf_pipeline.train import TrainConfig, filter_renormalizer, make_step, parse_args, renormalize_filters, train
+from zf_pipeline.train import TrainConfig, make_step, parse_args, train
 
 SIZE, CROP = 72, 64  # the smallest input ZFNet's stride-4 conv1 and three poolings accept is 63 px
 CLASSES = ["red", "green", "blue"]
@@ -143,7 +144,6 @@ class _Negate(nn.Module):
 
 def test_a_few_sgd_steps_lower_the_loss_on_a_fixed_batch(data):
     from zf_pipeline.models import build, variant
-    from zf_pipeline.train import kaiming_init
 
     model = build(variant("krizhevsky", num_classes=3, width=0.125, input_size=CROP), seed=0)
     kaiming_init(model)
@@ -242,7 +242,6 @@ def test_renormalization_scales_filters_above_the_radius_to_it_and_leaves_the_ot
 
 def test_after_a_renormalized_step_no_filter_exceeds_the_radius_and_the_rest_match_a_plain_step(data):
     from zf_pipeline.models import build, variant
-    from zf_pipeline.train import kaiming_init
 
     split = open_split(data / "train")
     images, labels = next(iter(DecodedCache(split, 12, shuffle=False).epoch(0)))

@@ -36,7 +36,7 @@ from zf_pipeline.distributed import dist_env
 from zf_pipeline.evaluate import predict, topk_correct
 from zf_pipeline.io import atomic_path, write_bytes_atomic
 from zf_pipeline.models.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
-from zf_pipeline.models.zfnet import ZFNet, build, init_weights, variant
+from zf_pipeline.models.zfnet import ZFNet, build, filter_renormalizer, init_weights, kaiming_init, variant
 
 log = logging.getLogger(__name__)
 
@@ -118,14 +118,6 @@ class RunResult:
     checkpoint: Path
 
 
-def kaiming_init(model: nn.Module) -> None:
-    """He-normal weights (fan-in, relu gain) and zero biases: trains from the first step without a warm-up."""
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-            nn.init.zeros_(m.bias)
-
-
 def initialize(net: ZFNet, cfg: TrainConfig) -> None:
     """The start ``cfg`` asks for: N(0, init_std^2) (``build`` drew it) or He for every layer, then conv1
     from N(0, conv1_init_std^2) when set."""
@@ -157,27 +149,6 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int):
     else:
         raise ValueError(f"schedule must be 'plateau' or 'cosine', not {cfg.schedule!r}")
     return opt, sched
-
-
-@torch.no_grad()
-def renormalize_filters(weights: list[torch.Tensor], radius: float) -> None:
-    """Section 3.1 (ECCV text): every filter (output channel) whose RMS exceeds ``radius`` is scaled back to it.
-
-    Vectorized over the filters of each layer (a norm, a clamp, a multiply); the others are multiplied
-    by exactly 1, so they stay bitwise as they were.
-    """
-    for w in weights:
-        # RMS > radius  <=>  ||w||_2 > radius * sqrt(fan-in)
-        limit = radius * math.sqrt(w[0].numel())
-        w.mul_((limit / torch.linalg.vector_norm(w, dim=(1, 2, 3), keepdim=True)).clamp_(max=1.0))
-
-
-def filter_renormalizer(model: nn.Module, radius: float, compile: bool = False) -> Callable[[], None]:
-    """``renorm()`` applying :func:`renormalize_filters` to every conv layer of ``model`` (one fused graph
-    per layer when ``compile``)."""
-    weights = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d)]
-    fn = torch.compile(renormalize_filters) if compile else renormalize_filters
-    return lambda: fn(weights, radius)
 
 
 def make_step(model: nn.Module, opt: torch.optim.Optimizer, amp: bool,

@@ -1,4 +1,4 @@
-"""ZFNet and its Table 1 variants, and checkpoint I/O."""
+"""ZFNet and its Table 1 variants, their initializations and filter renormalization, and checkpoint I/O."""
 
 from zf_pipeline.models.checkpoint import load_checkpoint, load_model, save_checkpoint
 from zf_pipeline.models.zfnet import (
@@ -10,7 +10,9 @@ from zf_pipeline.models.zfnet import (
     ZFNet,
     ZFNetConfig,
     build,
+    filter_renormalizer,
     init_weights,
+    kaiming_init,
     receptive_field,
     variant,
 )
@@ -24,7 +26,9 @@ __all__ = [
     "ZFNet",
     "ZFNetConfig",
     "build",
+    "filter_renormalizer",
     "init_weights",
+    "kaiming_init",
     "load_checkpoint",
     "load_model",
     "receptive_field",

@@ -14,7 +14,9 @@ of ``reluk`` (``fc8`` for the classifier's logits): see :data:`LAYER_OUTPUT`.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -195,6 +197,35 @@ def init_weights(model: nn.Module, std: float = 1e-2, bias: float = 0.0) -> None
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             nn.init.normal_(module.weight, 0.0, std)
             nn.init.constant_(module.bias, bias)
+
+
+def kaiming_init(model: nn.Module) -> None:
+    """He-normal weights (fan-in, relu gain) and zero biases: trains from the first step without a warm-up."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+
+
+@torch.no_grad()
+def renormalize_filters(weights: list[torch.Tensor], radius: float) -> None:
+    """Section 3.1 (ECCV text): every filter (output channel) whose RMS exceeds ``radius`` is scaled back to it.
+
+    Vectorized over the filters of each layer (a norm, a clamp, a multiply); the others are multiplied
+    by exactly 1, so they stay bitwise as they were.
+    """
+    for w in weights:
+        # RMS > radius  <=>  ||w||_2 > radius * sqrt(fan-in)
+        limit = radius * math.sqrt(w[0].numel())
+        w.mul_((limit / torch.linalg.vector_norm(w, dim=(1, 2, 3), keepdim=True)).clamp_(max=1.0))
+
+
+def filter_renormalizer(model: nn.Module, radius: float, compile: bool = False) -> Callable[[], None]:
+    """``renorm()`` applying :func:`renormalize_filters` to every conv layer of ``model`` (one fused graph
+    per layer when ``compile``)."""
+    weights = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d)]
+    fn = torch.compile(renormalize_filters) if compile else renormalize_filters
+    return lambda: fn(weights, radius)
 
 
 def build(config: ZFNetConfig, init_std: float = 1e-2, seed: int | None = None) -> ZFNet:
