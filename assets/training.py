@@ -139,18 +139,11 @@ def _training_metadata(record: dict) -> dict:
     meta = {**record_md(record), **{k: round(v, 2) for k, v in final.items() if isinstance(v, float)}}
     if (out / "learning_curve.png").exists():
         meta["learning_curve"] = image_md(out / "learning_curve.png", title="learning curve")
-    return {**meta, **_filter_metadata(record)}
-
-
-def _filter_metadata(record: dict) -> dict:
-    """conv1's high-frequency share per filter (white noise ~0.8, smooth edges far lower): median, quartiles
-    and a histogram over [0, 1] in tenths."""
-    share = filters.high_frequency_share(checkpoint.load_model(record["checkpoint"]).conv1.weight)
-    p25, median, p75 = share.nanquantile(torch.tensor([0.25, 0.5, 0.75])).tolist()
-    counts = torch.histc(share, bins=10, min=0.0, max=1.0).int().tolist()
-    return {"conv1_hf_median": dg.MetadataValue.float(round(median, 3)),
-            "conv1_hf_share": dg.MetadataValue.json({"p25": round(p25, 3), "median": round(median, 3),
-                                                     "p75": round(p75, 3), "histogram_tenths": counts})}
+    hf = final["conv1_hf"]  # conv1's high-frequency share per filter (white noise ~0.8, smooth edges far lower)
+    meta["conv1_hf_median"] = dg.MetadataValue.float(round(hf["median"], 3))
+    rounded = {k: round(v, 3) if isinstance(v, float) else v for k, v in hf.items()}
+    meta["conv1_hf_share"] = dg.MetadataValue.json(rounded)
+    return meta
 
 
 @dg.asset(group_name="training", kinds={"pytorch"}, code_version=TRAIN_CODE)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from zf_pipeline.analysis.filters import high_frequency_share, median_high_frequency_share
+from zf_pipeline.analysis.filters import high_frequency_share, high_frequency_summary, median_high_frequency_share
 from zf_pipeline.models.zfnet import build, variant
 
 
@@ -41,3 +41,11 @@ def test_median_reads_the_model_conv1_and_bad_shapes_fail() -> None:
     assert 0.7 < median_high_frequency_share(net) < 0.9  # N(0, 1e-2) init is white noise
     with pytest.raises(ValueError, match=r"expected filters \[N, C, k, k\].*\(4, 7\)"):
         high_frequency_share(torch.zeros(4, 7))
+
+
+def test_summary_counts_every_filter_and_agrees_with_the_median() -> None:
+    net = build(variant("ours", num_classes=3, width=0.125), seed=0)
+    summary = high_frequency_summary(net)
+    assert sum(summary["histogram_tenths"]) == net.conv1.weight.shape[0]
+    assert summary["p25"] <= summary["median"] <= summary["p75"]
+    assert summary["median"] == pytest.approx(median_high_frequency_share(net))

@@ -30,7 +30,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from zf_pipeline.analysis.filters import median_high_frequency_share
+from zf_pipeline.analysis.filters import high_frequency_summary, median_high_frequency_share
 from zf_pipeline.data.loader import crop_draws, crop_flip, epoch_seed, load_mean, make_source, open_split
 from zf_pipeline.distributed import dist_env
 from zf_pipeline.evaluate import predict, topk_correct
@@ -363,8 +363,9 @@ def train(cfg: TrainConfig) -> RunResult:
     if stopped or end == cfg.epochs:
         final = _final(net, val_src, train_split_src(split, cfg, src), mean, cfg, amp)
         if rank == 0:
+            hf = high_frequency_summary(net)
             final.update(arch=cfg.arch, epochs=cfg.epochs, epochs_run=len(metrics), lr_drops=drops,
-                         conv1_hf_median=median_high_frequency_share(net), images_train=split.num_images,
+                         conv1_hf_median=hf["median"], conv1_hf=hf, images_train=split.num_images,
                          images_val=val_split.num_images)
             write_bytes_atomic(out / "result.json", json.dumps(final, indent=1).encode())
             if metrics:

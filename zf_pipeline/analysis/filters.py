@@ -38,3 +38,12 @@ def high_frequency_share(filters: torch.Tensor, cutoff: float = CUTOFF) -> torch
 def median_high_frequency_share(model: torch.nn.Module, layer: str = "conv1") -> float:
     """The median over ``layer``'s filters of :func:`high_frequency_share` (the number a run reports)."""
     return float(high_frequency_share(model.get_submodule(layer).weight).nanquantile(0.5))
+
+
+def high_frequency_summary(model: torch.nn.Module, layer: str = "conv1") -> dict:
+    """``layer``'s filters by :func:`high_frequency_share`: median, quartiles and a histogram over [0, 1]
+    in tenths (filters per bin), as a run reports them beside its filter grid."""
+    share = high_frequency_share(model.get_submodule(layer).weight)
+    p25, median, p75 = share.nanquantile(torch.tensor([0.25, 0.5, 0.75])).tolist()
+    counts = torch.histc(share, bins=10, min=0.0, max=1.0).int().tolist()
+    return {"p25": p25, "median": median, "p75": p75, "histogram_tenths": counts}
