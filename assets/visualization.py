@@ -69,14 +69,14 @@ def fig8(
 
     def build(out: Path) -> dict:
         vis = val_images(settings, model, val, mean)
-        rows = pq.read_table(top9["file"]).to_pylist()
-        images = vis.lookup({r["image_id"] for r in rows})
+        layers = [layer for layer in config.layers if layer in vis.net.layers]
+        rows = render.shown_rows(pq.read_table(top9["file"]), layers, config.maps or None, config.seed)
         paths = render.render_fig8(
             vis.net,
             rows,
-            images,
+            vis.lookup({r["image_id"] for r in rows}),
             out,
-            [layer for layer in config.layers if layer in vis.net.layers],
+            layers,
             config.maps or None,
             config.seed,
             config.norm,
@@ -284,7 +284,9 @@ def atlas(
     def build(out: Path) -> dict:
         vis = val_images(settings, model, val, mean)
         rows = pq.read_table(top9["file"])
-        images = vis.lookup(set(rows["image_id"].to_pylist()))
+        conv = [layer for layer in CONV_LAYERS if layer in vis.net.layers]
+        shown = render.shown_rows(rows, conv, config.maps or None)
+        images = vis.lookup({r["image_id"] for r in shown})
         extras = atlas_site.AtlasExtras(
             layer_figures={layer: {"Fig. 8: top-9 projections of sampled maps": fig8["pngs"][layer],
                                    "Fig. 3: evolution over training": fig3["pngs"][layer]}

@@ -22,6 +22,7 @@ from zf_pipeline.render import (
     render_fig5,
     render_fig8,
     render_table3,
+    shown_rows,
     top9_tiles,
     unit_patch,
 )
@@ -148,6 +149,25 @@ def test_render_fig8_samples_maps_and_composes(tmp_path: Path) -> None:
     assert size_of(paths["composed"])[1] == size_of(paths["conv1"])[1] + size_of(paths["conv2"])[1] + 2 * 24
     with pytest.raises(ValueError, match="conv5"):
         render_fig8(model, rows, images, tmp_path / "none", layers=("conv5",))
+
+
+def test_fig8_needs_only_the_images_of_the_maps_it_shows(tmp_path: Path) -> None:
+    model = small_net()
+    gen = torch.Generator().manual_seed(7)
+    images = {f"img{i}": torch.randn(3, 67, 67, generator=gen) for i in range(12)}
+    rows = mine_top(model, images, "conv1", list(range(5)), k=2) + mine_top(model, images, "conv2", [0, 1], k=2)
+    shown = shown_rows(rows, ("conv1",), maps=2, seed=1)
+    channels = choose_maps(5, 2, seed=1)
+    assert {(r["layer"], r["channel"]) for r in shown} == {("conv1", c) for c in channels}
+    assert len(shown) == 2 * 2
+    assert shown_rows(rows, ("conv1", "conv2"), maps=None) == [r for r in rows]  # every map of both layers
+    needed = {r["image_id"] for r in shown}
+    assert needed < set(images)
+    # Rendering from the shown rows with only their images draws the same maps as from the full table.
+    kept = {i: images[i] for i in needed}
+    paths = render_fig8(model, shown, kept, tmp_path / "a", layers=("conv1",), maps=2, seed=1, tile=8)
+    full = render_fig8(model, rows, images, tmp_path / "b", layers=("conv1",), maps=2, seed=1, tile=8)
+    assert np.array_equal(np.asarray(Image.open(paths["conv1"])), np.asarray(Image.open(full["conv1"])))
 
 
 def test_top9_rows_from_a_pyarrow_table(tmp_path: Path) -> None:

@@ -48,10 +48,12 @@ class ValImages:
             yield x[:keep], y[:keep], ids[:keep]
 
     def lookup(self, image_ids: set[str]) -> dict[str, torch.Tensor]:
-        """image_id -> input tensor (CPU), for ``image_ids``."""
+        """image_id -> input tensor (CPU), for ``image_ids``; reads the split until all are found."""
         images = {}
         for x, _, ids in self.batches():
-            images.update((i, xi) for xi, i in zip(x.cpu(), ids) if i in image_ids)
+            images.update((i, x[k].cpu()) for k, i in enumerate(ids) if i in image_ids)
+            if len(images) == len(image_ids):
+                break
         return images
 
     def from_file(self, path: str | Path) -> torch.Tensor:

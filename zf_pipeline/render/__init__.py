@@ -20,11 +20,11 @@ from zf_pipeline.render.fig3 import render_fig3
 from zf_pipeline.render.fig4 import render_fig4
 from zf_pipeline.render.fig5 import render_fig5
 from zf_pipeline.render.fig7 import render_fig7
-from zf_pipeline.render.fig8 import choose_maps, render_fig8, top9_tiles
+from zf_pipeline.render.fig8 import choose_maps, render_fig8, shown_rows, top9_tiles
 from zf_pipeline.render.table3 import render_table3
 from zf_pipeline.render.table7 import render_table7
 
 __all__ = [
     "choose_maps", "image_to_rgb", "normalize_projection", "render_fig3", "render_fig4", "render_fig5", "render_fig7",
-    "render_fig8", "render_samples", "render_table3", "render_table7", "top9_tiles", "unit_patch",
+    "render_fig8", "render_samples", "render_table3", "render_table7", "shown_rows", "top9_tiles", "unit_patch",
 ]

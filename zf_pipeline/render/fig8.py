@@ -65,6 +65,20 @@ def choose_maps(num_maps: int, count: int | None = 16, seed: int = 0) -> list[in
     return sorted(torch.randperm(num_maps, generator=torch.Generator().manual_seed(seed))[:count].tolist())
 
 
+def shown_rows(rows: Iterable[Mapping] | object, layers: Sequence[str], maps: int | None = 16,
+               seed: int = 0) -> list[dict]:
+    """The top-9 rows of the maps a figure shows: per layer, the :func:`choose_maps` sample of the maps in
+    ``rows``. Only these rows' images need loading: the top-9 of every map name most of a split's images."""
+    table = _records(rows)
+    shown = []
+    for layer in layers:
+        in_layer = [r for r in table if r["layer"] == layer]
+        present = sorted({int(r["channel"]) for r in in_layer})
+        picked = {present[i] for i in choose_maps(len(present), maps, seed)}
+        shown += [r for r in in_layer if int(r["channel"]) in picked]
+    return shown
+
+
 def top9_tiles(
     model: nn.Module,
     layer: str,
@@ -171,14 +185,13 @@ def render_fig8(
     """Fig. 8: ``<out_dir>/fig8_<layer>.png`` for each of ``layers`` present in ``rows``, and ``fig8.png``
     stacking them. ``maps`` feature maps per layer, a fixed random sample (:func:`choose_maps`, ``seed``)
     of the maps in ``rows``; None for all. Returns the paths by layer, plus ``"composed"``."""
-    table = _records(rows)
+    table = shown_rows(rows, layers, maps, seed)
     out_dir = Path(out_dir)
     paths: dict[str, Path] = {}
     for layer in layers:
-        present = sorted({int(r["channel"]) for r in table if r["layer"] == layer})
-        if not present:
+        picked = sorted({int(r["channel"]) for r in table if r["layer"] == layer})
+        if not picked:
             continue
-        picked = [present[i] for i in choose_maps(len(present), maps, seed)]
         tiles = top9_tiles(model, layer, table, images, receptive_field(model, layer), picked, norm, mean)
         paths[layer] = render_top9_grid(tiles, out_dir / f"fig8_{layer}.png", tile, columns)
     if not paths:
