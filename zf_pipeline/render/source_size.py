@@ -73,6 +73,6 @@ def render_source_size_classes(study: Mapping[str, dict], path: str | os.PathLik
     ax.set_ylabel("mean per-class accuracy (%)")
     ax.set_ylim(0, 100)
     ax.set_title("Caltech-101 (30 train/class) on fc7 features")
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return _save_figure(fig, path)
