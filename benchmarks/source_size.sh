@@ -21,10 +21,12 @@
 # session, with calls back to back (a machine idle for 30 s is given back with its /tmp):
 #   hold a: wheels, 7 parts (Imagenette, Imagewoof, Caltech-101), then Imagenette and Imagenette + Imagewoof:
 #           about 23 minutes (training ~3 and ~4.5 min, Table 7 ~3.5 min each, Table 4's 5 scratch runs ~3 min)
-#   hold b: wheels, 7 parts (mini-ImageNet, Caltech-101), then mini-ImageNet: about 14 minutes
+#   hold b: wheels, 7 parts (mini-ImageNet, Caltech-101), then mini-ImageNet: about 14 minutes (training ~6 min)
 # Estimates from docs/results/reproduction.md's H200 run. Each source trains in one call (--select '*zfnet_model')
 # and transfers in the next ('*table7,*table4'), so no call nears the 10-minute limit. Table 4's non-pretrained
 # rows depend on the target alone: they run with the first source only (source_size_no_scratch.yaml for the others).
+# A call that hits its limit can be made again while the machine is warm: finished stages are cache hits and
+# training resumes from its last checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STUDY=${STUDY:-/tmp/zf}                   # there: staged data, sources, output roots
@@ -39,7 +41,7 @@ NO_SCRATCH=benchmarks/reproduce/source_size_no_scratch.yaml
 WHEELS="python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl"
 PREFIX="export PYTHONPATH=/tmp/site:\$PWD PYTHONUNBUFFERED=1 &&"
 
-usage() { sed -n '2,16p' "$0" >&2; exit 2; }
+usage() { sed -n '2,14p' "$0" >&2; exit 2; }
 
 logged() {  # the command of a call that runs one step of this script, its output also in $OUT/<log>.log
     local log=$1; shift
@@ -56,7 +58,8 @@ stage() {
         b) paths=("$SOURCES/mini_imagenet" "$CALTECH101/101_ObjectCategories") ;;
         *) usage ;;
     esac
-    bash benchmarks/stage.sh wheels dagster duckdb webdataset >/dev/null
+    bash benchmarks/stage.sh wheels dagster duckdb webdataset >/dev/null 2>&1 ||
+        { echo "source_size.sh stage: bash benchmarks/stage.sh wheels dagster duckdb webdataset failed" >&2; exit 1; }
     local first later  # each run's log goes to $OUT/<source>_<step>.log, so it comes back even past the time limit
     if [ "$hold" = a ]; then
         first="bash benchmarks/source_size.sh sources && $(logged imagenette_model run imagenette "'*zfnet_model'")"
