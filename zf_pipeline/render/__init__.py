@@ -7,6 +7,8 @@
     fig8      Fig. 8   top-9 activations projected by the deconvnet, beside patches    render_fig8
     table3    Table 3  part correspondence                                             render_table3
     table7    Table 7  per-layer linear classifiers against depth                      render_table7
+    source_size  Table 7 as the source set grows (issue 16): against layer, against classes
+                                                         render_source_size_layers, render_source_size_classes
     common    display scaling, tiles, atomic writes, a dataset's sample grid           render_samples
 
 The tables' numbers are in :mod:`zf_pipeline.tables`. Image grids are drawn with PIL, pixel-exact; curves
@@ -21,10 +23,12 @@ from zf_pipeline.render.fig4 import render_fig4
 from zf_pipeline.render.fig5 import render_fig5
 from zf_pipeline.render.fig7 import render_fig7
 from zf_pipeline.render.fig8 import choose_maps, render_fig8, shown_rows, top9_tiles
+from zf_pipeline.render.source_size import render_source_size_classes, render_source_size_layers
 from zf_pipeline.render.table3 import render_table3
 from zf_pipeline.render.table7 import render_table7
 
 __all__ = [
     "choose_maps", "image_to_rgb", "normalize_projection", "render_fig3", "render_fig4", "render_fig5", "render_fig7",
-    "render_fig8", "render_samples", "render_table3", "render_table7", "shown_rows", "top9_tiles", "unit_patch",
+    "render_fig8", "render_samples", "render_source_size_classes", "render_source_size_layers", "render_table3",
+    "render_table7", "shown_rows", "top9_tiles", "unit_patch",
 ]

@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Issue 16, item 5, the source-size study on the remote GPU machine (benchmarks/remote.md): three sources, each
+# through `dagster asset materialize` with benchmarks/reproduce/source_size.yaml, Caltech-101 the target.
+#
+# Here (no GPU):
+#   bash benchmarks/source_size.sh stage a|b    builds the sources (make_sources.py, under $SOURCES), stages hold a's
+#                                               or b's JPEGs and the wheels, prints the calls of that hold
+#   bash benchmarks/source_size.sh report DIR   after both holds: unpacks the archives they brought back into DIR,
+#                                               writes source_size.json and its plots to $RESULTS (docs/results)
+# There (in a call's command):
+#   bash benchmarks/source_size.sh sources      the staged folders as sources (make_sources.py) in /tmp/zf/sources
+#   bash benchmarks/source_size.sh run NAME SELECTION [-c FILE]...   materializes SELECTION for source NAME into
+#                                               /tmp/zf/out/NAME; FILEs override source_size.yaml (dagster deep-merges
+#                                               the -c files in order, the later one winning, whatever its --help says)
+#   bash benchmarks/source_size.sh pack HOLD    the records, tables and result.json of every run -> $OUT/HOLD.tar.gz
+#
+# The plan: JPEGs travel, not shards. At 256 px q90 a shard holds 22 kB an image of Imagenette/Imagewoof (JPEGs:
+# 10.5 kB) and 15 kB of mini-ImageNet (4.1 kB), and the machine shards all of it in seconds on 16 cores. Staged
+# as tars: Imagenette 143.5 MiB, Imagewoof 138.1, mini-ImageNet 279.6, Caltech-101 86.1. A machine is held at
+# most 30 minutes and a session has 30 minutes of device time, so the study takes two holds, each in its own
+# session, with calls back to back (a machine idle for 30 s is given back with its /tmp):
+#   hold a: wheels, 7 parts (Imagenette, Imagewoof, Caltech-101), then Imagenette and Imagenette + Imagewoof:
+#           about 23 minutes (training ~3 and ~4.5 min, Table 7 ~3.5 min each, Table 4's 5 scratch runs ~3 min)
+#   hold b: wheels, 7 parts (mini-ImageNet, Caltech-101), then mini-ImageNet: about 14 minutes (training ~6 min)
+# Estimates from docs/results/reproduction.md's H200 run. Each source trains in one call (--select '*zfnet_model')
+# and transfers in the next ('*table7,*table4'), so no call nears the 10-minute limit. Table 4's non-pretrained
+# rows depend on the target alone: they run with the first source only (source_size_no_scratch.yaml for the others).
+# A call that hits its limit can be made again while the machine is warm: finished stages are cache hits and
+# training resumes from its last checkpoint.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+STUDY=${STUDY:-/tmp/zf}                   # there: staged data, sources, output roots
+SOURCES=${SOURCES:-/tmp/zf_sources}       # here: make_sources.py's output (outside the repository)
+IMAGENETTE=${IMAGENETTE:-/work/shared/data/imagenette}
+IMAGEWOOF=${IMAGEWOOF:-/work/.mirror/thunderInfy+imagewoof/repo}           # a git directory or a folder
+MINI_IMAGENET=${MINI_IMAGENET:-/work/.mirror/Deo0330+split_minidataset/repo}
+CALTECH101=${CALTECH101:-/work/shared/data/caltech101}                    # holding 101_ObjectCategories
+PYTHON=${PYTHON:-python3}
+CONFIG=benchmarks/reproduce/source_size.yaml
+NO_SCRATCH=benchmarks/reproduce/source_size_no_scratch.yaml
+WHEELS="python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl"
+PREFIX="export PYTHONPATH=/tmp/site:\$PWD PYTHONUNBUFFERED=1 &&"
+
+usage() { sed -n '2,14p' "$0" >&2; exit 2; }
+
+logged() {  # the command of a call that runs one step of this script, its output also in $OUT/<log>.log
+    local log=$1; shift
+    echo "bash benchmarks/source_size.sh $* 2>&1 | tee \$OUT/$log.log"
+}
+
+stage() {
+    local hold=${1:-}
+    PYTHONPATH=. "${VENV_PYTHON:-.venv/bin/python}" benchmarks/make_sources.py "$SOURCES" --imagenette "$IMAGENETTE" \
+        --imagewoof "$IMAGEWOOF" --mini-imagenet "$MINI_IMAGENET"
+    local paths
+    case "$hold" in
+        a) paths=("$SOURCES/imagenette" "$SOURCES/parts/imagewoof" "$CALTECH101/101_ObjectCategories") ;;
+        b) paths=("$SOURCES/mini_imagenet" "$CALTECH101/101_ObjectCategories") ;;
+        *) usage ;;
+    esac
+    bash benchmarks/stage.sh wheels dagster duckdb webdataset >/dev/null 2>&1 ||
+        { echo "source_size.sh stage: bash benchmarks/stage.sh wheels dagster duckdb webdataset failed" >&2; exit 1; }
+    local first later  # each run's log goes to $OUT/<source>_<step>.log, so it comes back even past the time limit
+    if [ "$hold" = a ]; then
+        first="bash benchmarks/source_size.sh sources && $(logged imagenette_model run imagenette "'*zfnet_model'")"
+        later=("$(logged imagenette_transfer run imagenette "'*table7,*table4'")"
+                "$(logged imagenette_imagewoof_model run imagenette_imagewoof "'*zfnet_model'")"
+                "$(logged imagenette_imagewoof_transfer run imagenette_imagewoof "'*table7,*table4'" -c $NO_SCRATCH); bash benchmarks/source_size.sh pack hold_a")
+    else
+        first="bash benchmarks/source_size.sh sources && $(logged mini_imagenet_model run mini_imagenet "'*zfnet_model'")"
+        later=("$(logged mini_imagenet_transfer run mini_imagenet "'*table7,*table4'" -c $NO_SCRATCH); bash benchmarks/source_size.sh pack hold_b")
+    fi
+    echo "hold $hold, every call with kind nvidia-h200, back to back:"
+    echo "  call 0: carry .whl; command: $WHEELS"
+    bash benchmarks/stage.sh data "study_$hold" "${paths[@]}" -- "$PREFIX set -o pipefail && $first"
+    local i=1
+    for command in "${later[@]}"; do
+        echo "  then $i: command: $PREFIX set -o pipefail && $command"
+        i=$((i + 1))
+    done
+    echo "bring back \$OUT/hold_$hold.tar.gz (the last call leaves it) and keep it outside the repository"
+}
+
+sources() {
+    local args=() staged
+    for staged in "$STUDY"/study_*/; do
+        [ -d "$staged/imagenette" ] && args+=(--imagenette "$staged/imagenette")
+        [ -d "$staged/imagewoof" ] && args+=(--imagewoof "$staged/imagewoof")
+        [ -d "$staged/mini_imagenet" ] && args+=(--mini-imagenet "$staged/mini_imagenet")
+    done
+    [ ${#args[@]} -gt 0 ] || { echo "source_size.sh sources: nothing staged under $STUDY/study_*/" >&2; exit 1; }
+    "$PYTHON" benchmarks/make_sources.py "$STUDY/sources" "${args[@]}"
+}
+
+run() {
+    [ $# -ge 2 ] || usage
+    local name=$1 selection=$2; shift 2
+    local caltech
+    caltech=$(dirname "$(ls -d "$STUDY"/study_*/101_ObjectCategories "$STUDY"/*/101_ObjectCategories 2>/dev/null | head -1)")
+    [ -d "$STUDY/sources/$name" ] || { echo "source_size.sh run: no source $STUDY/sources/$name (run 'sources' first)" >&2; exit 1; }
+    [ -d "$caltech/101_ObjectCategories" ] || { echo "source_size.sh run: no $STUDY/*/101_ObjectCategories staged" >&2; exit 1; }
+    export ZF_DEVICE=${ZF_DEVICE:-cuda} ZF_OUTPUT_ROOT=$STUDY/out/$name ZF_IMAGENET_ROOT=$STUDY/sources/$name \
+        ZF_CALTECH101_ROOT=$caltech DAGSTER_HOME=$STUDY/home
+    mkdir -p "$DAGSTER_HOME"
+    sed "s#base_dir: .dagster_home#base_dir: $DAGSTER_HOME#" dagster.yaml > "$DAGSTER_HOME/dagster.yaml"
+    echo "source $name: $ZF_IMAGENET_ROOT -> $ZF_OUTPUT_ROOT (Caltech-101: $caltech, device $ZF_DEVICE)"
+    "$PYTHON" -m dagster asset materialize -m assets --select "$selection" -c "$CONFIG" "$@"
+}
+
+pack() {
+    [ $# -eq 1 ] || usage
+    mkdir -p "${OUT:?pack runs there, where \$OUT is set}"
+    (cd "$STUDY/out" && find . -type f \( -path '*/_records/*' -o -name result.json -o -name 'metrics.*' \
+        -o -name learning_curve.png -o -path './*/table[47]/*' \) -size -4M | tar czf "$OUT/$1.tar.gz" -T -)
+    echo "packed $(tar tzf "$OUT/$1.tar.gz" | wc -l) files into \$OUT/$1.tar.gz"
+}
+
+report() {
+    [ $# -eq 1 ] || usage
+    local dir=$1 archive name runs=()
+    for archive in "$dir"/hold_*.tar.gz; do
+        [ -e "$archive" ] || { echo "source_size.sh report: no hold_*.tar.gz in $dir" >&2; exit 1; }
+        tar xzf "$archive" -C "$dir"
+    done
+    for name in imagenette imagenette_imagewoof mini_imagenet; do
+        [ -d "$dir/$name/_records" ] && runs+=("$name=$dir/$name")
+    done
+    PYTHONPATH=. "${VENV_PYTHON:-.venv/bin/python}" benchmarks/source_size.py "${runs[@]}" \
+        --sources "$SOURCES/sources.json" --out "${RESULTS:-docs/results}"
+}
+
+case "${1:-}" in
+    stage | sources | run | pack | report) "$@" ;;
+    *) usage ;;
+esac

@@ -1,0 +1,163 @@
+"""The source-size study's tooling: benchmarks/make_sources.py on mirror-like fixture layouts, and
+benchmarks/source_size.py on records written as the assets write them."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from layouts import jpeg_bytes, write_file
+
+from zf_pipeline import tables
+from zf_pipeline.io import write_record
+from zf_pipeline.transfer.protocol import RUN_SCHEMA
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+make_sources, source_size = _script("make_sources"), _script("source_size")
+
+
+def write_source(root: Path, synsets: list[str], side: int, suffix: str = ".JPEG") -> Path:
+    """An ImageNet-layout folder of side x side JPEGs: 3 train and 2 val images per synset."""
+    for wnid in synsets:
+        for split, count in (("train", 3), ("val", 2)):
+            for n in range(count):
+                name = f"{wnid}_{split}{n}"
+                write_file(root / split / wnid / f"{name}{suffix}", jpeg_bytes(name, (side, side)))
+    return root
+
+
+def git_mirror(tmp_path: Path, tree: Path) -> tuple[Path, str]:
+    """A bare repository holding ``tree`` (plus a README) in one commit, as the fetched mirrors are; its sha."""
+    work = tmp_path / "clone"
+    shutil.copytree(tree, work)
+    (work / "README.md").write_text("not a split\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(work)]
+    for args in (["init", "-q"], ["add", "."], ["commit", "-qm", "images"]):
+        subprocess.run(git + args, check=True)
+    sha = subprocess.run(git + ["rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(tmp_path / "mirror")], check=True)
+    return tmp_path / "mirror", sha
+
+
+def test_sources_from_folders_and_a_git_mirror(tmp_path):
+    """Imagenette and Imagewoof as plain folders, mini-ImageNet (.jpg, 84 px) from a bare git mirror: three sources
+    the pipeline's reader lists, the combined one with both parts' classes, px as measured."""
+    if shutil.which("git") is None:
+        pytest.skip("needs git")
+    nette = write_source(tmp_path / "imagenette", ["n01440764", "n02102040"], 32)
+    woof = write_source(tmp_path / "imagewoof", ["n02086240", "n02087394", "n02088364"], 32)
+    mirror, sha = git_mirror(tmp_path, write_source(tmp_path / "mini_tree", ["n01532829", "n01558993"], 84, ".jpg"))
+    out = tmp_path / "sources"
+
+    found = make_sources.build(out, nette, woof, "unused", mirror, sha[:7])
+
+    assert found["imagenette"] == {"classes": 2, "train": 6, "val": 4, "px": 32, "root": str(out / "imagenette")}
+    assert (found["imagenette_imagewoof"]["classes"], found["imagenette_imagewoof"]["train"]) == (5, 15)
+    mini = found["mini_imagenet"]
+    assert (mini["classes"], mini["val"], mini["px"]) == (2, 4, 84)
+    assert json.loads((out / "sources.json").read_text()) == found
+    assert (out / "imagenette").resolve() == nette.resolve()
+    assert (out / "imagenette_imagewoof" / "val" / "n02086240").resolve() == (woof / "val" / "n02086240").resolve()
+    assert not (out / "mini_imagenet" / "README.md").exists()  # only train/ and val/ come out of the mirror
+    # A second run keeps the extracted commit and the links.
+    assert make_sources.build(out, nette, woof, "unused", mirror, sha) == found
+
+
+def test_overlapping_synsets_fail_and_build_nothing(tmp_path):
+    nette = write_source(tmp_path / "imagenette", ["n01440764", "n02102040"], 16)
+    woof = write_source(tmp_path / "imagewoof", ["n02102040", "n02086240"], 16)
+    with pytest.raises(make_sources.SourceError, match="share the synsets n02102040"):
+        make_sources.build(tmp_path / "out", nette, woof, "unused", None, "unused")
+    assert not (tmp_path / "out" / "imagenette_imagewoof").exists()
+
+
+def test_missing_inputs_are_named(tmp_path, capsys):
+    nette = write_source(tmp_path / "imagenette", ["n01440764"], 16)
+    assert make_sources.main([str(tmp_path / "out"), "--imagenette", str(nette), "--mini-imagenet",
+                              str(tmp_path / "nowhere")]) == 1
+    assert f"mini_imagenet: {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
+    if shutil.which("git"):
+        mirror, _ = git_mirror(tmp_path, nette)
+        with pytest.raises(make_sources.SourceError, match="no commit 'deadbeef'"):
+            make_sources.build(tmp_path / "out", None, None, "", mirror, "deadbeef")
+    with pytest.raises(make_sources.SourceError, match="inside the repository"):
+        make_sources.build(REPO / "outputs" / "sources", nette, None, "", None, "")
+
+
+# ---------------------------------------------------------------- the report
+
+
+def runs(method: str, classifier: str, layer: str, accuracies: list[float], n_train: int = 30) -> list[dict]:
+    return [dict(method=method, layer=layer, classifier=classifier, n_train=n_train, split_index=i, n_train_images=30,
+                 n_test_images=50, accuracy=a, per_class_accuracy=[a], c=1.0, cv_accuracy=a, converged=True)
+            for i, a in enumerate(accuracies)]
+
+
+def write_run(root: Path, classes: int, base: float, scratch: list[float] | None) -> Path:
+    """An output root as the assets leave it: the published tables 4 and 7, their records, the training run's
+    result.json and the train shards' record (paths stored relative to the root)."""
+    table7_runs = [row for i, (classifier, layer) in enumerate(tables.PAPER_TABLE7)
+                   for row in runs("pretrained", classifier, layer, [base + i, base + i + 2])]
+    table7_runs += runs("pretrained", "svm", "conv1", [1.0, 1.0], n_train=60)  # Caltech-256's column: not read
+    table, md = tables.table7({"caltech101": pa.Table.from_pylist(table7_runs, schema=RUN_SCHEMA)})
+    write_record(root / "_records" / "table7.json", tables.publish(table, md, root / "table7", "table7"), root)
+    table4_runs = runs("pretrained", "softmax", "fc7", [base, base + 4]) + runs("pretrained", "softmax", "fc7", [5.0],
+                                                                                n_train=15)
+    table4_runs += runs("non-pretrained", "softmax", "fc8", scratch or [])
+    table, md = tables.table4(pa.Table.from_pylist(table4_runs, schema=RUN_SCHEMA))
+    write_record(root / "_records" / "table4.json", tables.publish(table, md, root / "table4", "table4"), root)
+    run_dir = root / "train" / "f00"
+    write_file(run_dir / "result.json", json.dumps({"images_train": 100 * classes, "images_val": 10 * classes,
+                                                    "conv1_hf_median": 0.5, "val_10crop_top1_err": 20.0,
+                                                    "val_center_top1_err": 21.0}).encode())
+    write_record(root / "_records" / "zfnet_model.json", {"path": str(run_dir), "checkpoint": str(run_dir / "x.pt")},
+                 root)
+    write_record(root / "_records" / "imagenet_train_shards.json", {"path": str(root / "s"), "classes": classes}, root)
+    return root
+
+
+def test_report_reads_each_roots_records_and_shares_the_scratch_row(tmp_path):
+    small = write_run(tmp_path / "small", 10, 40.0, [50.0, 52.0])
+    large = write_run(tmp_path / "large", 100, 60.0, None)  # run with source_size_no_scratch.yaml
+    moved = tmp_path / "moved_large"
+    large.rename(moved)  # records hold root-relative paths: a root brought back elsewhere still reads
+    (tmp_path / "sources.json").write_text(json.dumps({"small": {"px": 224}, "large": {"px": 84}}))
+    out = tmp_path / "results"
+
+    assert source_size.main([f"small={small}", f"large={moved}", "--sources", str(tmp_path / "sources.json"),
+                             "--out", str(out)]) == 0
+
+    study = json.loads((out / "source_size.json").read_text())
+    first = study["small"]
+    assert (first["classes"], first["images"], first["images_train"], first["px"]) == (10, 1100, 1000, 224)
+    assert list(first["table7"]) == [f"{c}_{layer}" for c, layer in tables.PAPER_TABLE7]
+    assert first["table7"]["svm_conv1"] == 41.0 and first["table7"]["softmax_fc7"] == 48.0  # means over the splits
+    assert first["table7_std"]["svm_conv1"] == 1.0
+    assert first["table4_30"] == {"pretrained": 42.0, "scratch": 51.0} and first["scratch_from"] == "small"
+    assert study["large"]["table4_30"] == {"pretrained": 62.0, "scratch": 51.0}
+    assert study["large"]["scratch_from"] == "small" and study["large"]["px"] == 84
+    assert (first["conv1_hf_median"], first["source_val_top1_err"]) == (0.5, 20.0)
+    assert (out / "source_size_layers.png").stat().st_size > 0 and (out / "source_size_classes.png").stat().st_size > 0
+
+
+def test_report_names_a_missing_record(tmp_path, capsys):
+    root = tmp_path / "run"
+    (root / "_records").mkdir(parents=True)
+    assert source_size.main([f"x={root}", "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "_records/zfnet_model.json does not exist" in err and "materialize" in err
+    assert source_size.main(["no-equals-sign", "--out", str(tmp_path / "out")]) == 1
