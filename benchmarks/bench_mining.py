@@ -21,7 +21,6 @@ and reports bytes per row. Values are ReLU maxima: per-map log-normal scales tim
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
 import shutil
 import tempfile
@@ -39,6 +38,7 @@ from zf_pipeline.features import (
     activation_table,
 )
 from zf_pipeline.mining import configure, mine_top9
+from zf_pipeline.workers import process_pool
 
 # Krizhevsky's conv layers: (maps, map side) at 224 px input.
 LAYERS = {"conv1": (96, 55), "conv2": (256, 27), "conv3": (384, 13), "conv4": (384, 13), "conv5": (256, 13)}
@@ -93,7 +93,7 @@ def generate(root: Path, images: int, workers: int) -> dict[str, int]:
                 )
             )
     sizes: dict[str, int] = dict.fromkeys(LAYERS, 0)
-    with mp.get_context("fork").Pool(workers) as pool:
+    with process_pool(workers, "fork") as pool:
         for (path, layer, *_), size in zip(jobs, pool.imap(write_part, jobs)):
             sizes[layer] += size
     return sizes

@@ -41,6 +41,7 @@ from zf_pipeline.data.imagenet import read_imagenet
 from zf_pipeline.data.preprocess import RESAMPLE
 from zf_pipeline.data.records import ImageRecord, ImageSet
 from zf_pipeline.data.shards import write_shards
+from zf_pipeline.workers import process_pool
 
 
 def files_of(root: Path) -> tuple[list[str], list[str]]:
@@ -90,7 +91,7 @@ def pil_processes(images: ImageSet, workers: int, size: int, quality: int) -> tu
     if workers == 1:
         cpu = pil(*shares[0])
     else:
-        with get_context("forkserver").Pool(workers) as pool:
+        with process_pool(workers) as pool:
             cpu = sum(pool.starmap(pil, shares))
     return time.perf_counter() - started, cpu
 

@@ -27,7 +27,6 @@ import functools
 import io
 import json
 import logging
-import multiprocessing
 import os
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ from PIL import Image
 
 from zf_pipeline.data.imagenet import BUILTIN_SYNSETS
 from zf_pipeline.io import atomic_path, write_bytes_atomic
+from zf_pipeline.workers import process_pool
 
 log = logging.getLogger("make_imagenet_like")
 
@@ -178,8 +178,7 @@ def main() -> None:
     )
     total = {"encoded": 0, "linked": 0, "existing": 0, "bytes": 0}
     started, done, entries, last_log = time.perf_counter(), 0, plan.train + plan.val, 0.0
-    context = multiprocessing.get_context("forkserver")
-    with context.Pool(args.workers, initializer=_init_worker, initargs=(plan,)) as pool:
+    with process_pool(args.workers, initializer=_init_worker, initargs=(plan,)) as pool:
         for phase in tasks(plan):
             for count, counts in pool.imap_unordered(_run_task, phase):
                 done += count

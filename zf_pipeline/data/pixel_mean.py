@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import logging
-import multiprocessing
 import os
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from PIL import Image
 
 from zf_pipeline.data.shard_format import iter_shard, load_summary, shard_paths
 from zf_pipeline.io import atomic_path
+from zf_pipeline.workers import process_pool
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def compute_pixel_mean(shard_dir: str | os.PathLike, workers: int | None = None)
     if workers == 1:
         sums = [_shard_sum(*task) for task in tasks]
     else:
-        with multiprocessing.get_context("forkserver").Pool(workers) as pool:
+        with process_pool(workers) as pool:
             sums = pool.starmap(_shard_sum, tasks)
     count = sum(count for _, count in sums)
     if count == 0:

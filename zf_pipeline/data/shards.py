@@ -7,18 +7,16 @@ sorted order and the JPEG encoder settings are fixed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import shutil
 import tarfile
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from functools import partial
-from multiprocessing.pool import Pool
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +43,7 @@ from zf_pipeline.data.shard_format import (
     shard_name,
 )
 from zf_pipeline.io import atomic_path, folder_lock, write_bytes_atomic
+from zf_pipeline.workers import process_pool
 
 logger = logging.getLogger(__name__)
 
@@ -209,18 +208,6 @@ def _clear(out: Path, split: str, keep_shards: bool) -> None:
         path.unlink(missing_ok=True)
 
 
-def _unordered_map(workers: int, function, tasks: list) -> tuple[Iterator, Pool | None]:
-    """Map over ``tasks`` in any order: in this process for one worker or task, else in a process pool."""
-    workers = min(workers, len(tasks))
-    if workers <= 1:
-        return map(function, tasks), None
-    # forkserver: safe when the caller has threads (Dagster does).
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])  # workers fork with numpy, PIL, pyarrow loaded: ~0.4 s CPU less each
-    pool = context.Pool(workers)
-    return pool.imap_unordered(function, tasks), pool
-
-
 def write_shards(
     images: ImageSet,
     out_dir: str | os.PathLike,
@@ -297,11 +284,15 @@ def _write_locked(
         parts.setdefault(piece.shard, []).append(piece.path)
     waiting = {index: len(paths) for index, paths in parts.items()}
     total = sum(len(shards[index]) for index in pending)
-    results, pool = _unordered_map(workers, partial(_write_piece, preprocessing=preprocessing), pieces)
+    write = partial(_write_piece, preprocessing=preprocessing)
+    workers = min(workers, len(pieces))
     started, done = time.perf_counter(), 0
     try:
-        with tqdm(total=total, unit="img", desc=f"sharding {split}", disable=not progress) as bar:
-            for piece, piece_reasons in results:
+        # forkserver: safe when the caller has threads (Dagster does); the preload saves each worker ~0.4 s of
+        # CPU importing numpy, PIL and pyarrow. The pool ends before the cleanup below, so no worker still writes.
+        pooled = process_pool(workers, preload=[__name__]) if workers > 1 else contextlib.nullcontext()
+        with pooled as pool, tqdm(total=total, unit="img", desc=f"sharding {split}", disable=not progress) as bar:
+            for piece, piece_reasons in pool.imap_unordered(write, pieces) if pool else map(write, pieces):
                 reasons.update(piece_reasons)
                 bar.update(len(piece.records))
                 waiting[piece.shard] -= 1
@@ -313,8 +304,6 @@ def _write_locked(
                 name = names[piece.shard]
                 logger.info("%s written (%d/%d images, %.0f images/s, %d workers)", name, done, total, rate, workers)
     finally:
-        if pool is not None:
-            pool.terminate()  # also waits for the workers to exit, so none still writes a part below
         for path in out.glob(f".{split}-*.tar.tmp-*"):  # parts of a failed run (a finished one has none)
             path.unlink()
 

@@ -32,6 +32,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from zf_pipeline.data.records import tar_members
 from zf_pipeline.data.shard_format import ShardFormatError
+from zf_pipeline.workers import default_sigterm
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,7 @@ class _Reader:
 
 def _work(shards: list[Path], size: int, slots: torch.Tensor, jobs, done) -> None:
     """Worker process: decode each job's samples into its slot, report (slot, batch, bad rows)."""
+    default_sigterm()  # so the exit-time terminate() of a stuck daemon worker ends it
     torch.set_num_threads(1)
     reader = _Reader(shards, size)
     while (job := jobs.get()) is not None:
