@@ -93,7 +93,8 @@ report() {  # the per-stage table and scale.json's rehearsal part, and everythin
   if [ -n "$OUT" ]; then
     cp $Z/results/*.json $Z/results/*.md $OUT/ 2>/dev/null
     (cd $Z && tar czf $OUT/logs.tar.gz logs home/dagster.yaml 2>/dev/null \
-       $(find out -name '*.png' -size -3M 2>/dev/null | head -20) $(find out -path '*/_records/*' 2>/dev/null))
+       $(find out -name '*.png' -size -3M 2>/dev/null | head -20) $(find out -path '*/_records/*' 2>/dev/null) \
+       $(find out/train \( -name metrics.jsonl -o -name result.json \) 2>/dev/null))
   fi
 }
 
