@@ -44,7 +44,9 @@ def compute_pixel_mean(shard_dir: str | os.PathLike, workers: int | None = None)
         sums = [_shard_sum(*task) for task in tasks]
     else:
         with process_pool(workers) as pool:
-            sums = pool.starmap(_shard_sum, tasks)
+            # One shard a task: starmap's default chunks (len / 4 workers) leave most workers idle in the last
+            # round (257 ImageNet shards on 16 workers: 20 shards' time for 16 shards' work).
+            sums = pool.starmap(_shard_sum, tasks, chunksize=1)
     count = sum(count for _, count in sums)
     if count == 0:
         raise ValueError(f"{shard_dir}: no images were written, so there is no pixel mean")
