@@ -38,7 +38,7 @@ from zf_pipeline.io import atomic_path
 from zf_pipeline.models.zfnet import CONV_LAYERS, receptive_field
 from zf_pipeline.render.common import GAP, ImageSource, _to_pil
 from zf_pipeline.render.fig3 import render_fig3
-from zf_pipeline.render.fig8 import Top9Tiles, _records, choose_maps, top9_tiles
+from zf_pipeline.render.fig8 import Top9Tiles, _records, shown_rows, top9_tiles
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ def _units(rows: list[dict], layer: str, maps: int | Mapping[str, Sequence[int]]
         if missing:
             raise KeyError(f"the top-9 table has no entries for {layer} maps {missing[:10]}")
     else:
-        wanted = [present[i] for i in choose_maps(len(present), maps)]
+        wanted = sorted({int(r["channel"]) for r in shown_rows(rows, [layer], maps)})
     return [_Unit(c, sorted(by_channel[c], key=lambda r: int(r["rank"]))[:9]) for c in wanted]
 
 
