@@ -18,7 +18,14 @@ Prints one row per recipe as it finishes (final val top-1, center and 10 crops; 
 epoch; epochs run; the epoch of the last lr drop; conv1's median high-frequency share, white noise 0.8),
 then the table. Runs live in ``--out/<recipe>``; a run cut short resumes there on the next call, a finished
 one is read back. ``--set key=value`` overrides any TrainConfig field for all recipes (a CPU dry run:
-``--set width=0.0625 crop=64 batch_size=8 device=cpu``).
+``--set width=0.0625 crop=64 batch_size=8 device=cpu``). ``--jobs N`` trains N recipes at once, each in a
+process of its own (log: ``--out/<recipe>.log``): at Imagenette's size a run leaves most of an H200 idle
+between its steps (validation, checkpoints), so several share the card well; their wall times then share it too.
+
+``--choose YAML`` then writes the ``zfnet_model`` config of the recipe that the source-size study trains
+(benchmarks/source_size.sh), by a rule fixed before the runs: of the inits whose final 10-crop error is within
+1 point of kaiming's, the one with the smoothest conv1 (lowest high-frequency median); with kaiming+stop's
+schedule when it ends within 0.5 points of kaiming's error.
 """
 
 from __future__ import annotations
@@ -27,6 +34,9 @@ import argparse
 import dataclasses
 import json
 import logging
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -44,6 +54,16 @@ RECIPES = {
     "small-conv1": {"init": "kaiming", "conv1_init_std": 1e-2, "input_scale": 1 / 8, "filter_radius": 0.1},
     "kaiming+stop": {**KAIMING, "max_lr_drops": 3, "min_lr": 1e-4},
 }
+# Each recipe as `zfnet_model` config (assets/training.py's TrainingConfig: 0 means off / as `init`).
+ASSET_CONFIG = {
+    "kaiming": dict(init="kaiming", input_scale=1 / 64, conv1_init_std=0.0, filter_radius=0.0),
+    "normal": dict(init="normal", input_scale=1.0, conv1_init_std=0.0, filter_radius=0.0),
+    "normal+radius": dict(init="normal", input_scale=1.0, conv1_init_std=0.0, filter_radius=0.1),
+    "kaiming+radius": dict(init="kaiming", input_scale=1 / 64, conv1_init_std=0.0, filter_radius=0.05),
+    "small-conv1": dict(init="kaiming", input_scale=1 / 8, conv1_init_std=1e-2, filter_radius=0.1),
+}
+STOP = dict(max_lr_drops=3, min_lr=1e-4)
+INIT_TOLERANCE, STOP_TOLERANCE = 1.0, 0.5  # points of final 10-crop top-1 error against kaiming's
 COLUMNS = ("recipe", "val_top1_center", "val_top1_10crop", "best_val_top1", "best_epoch", "epochs_run",
            "last_drop_epoch", "conv1_hf_median", "train_s")
 
@@ -80,6 +100,55 @@ def summarize(recipe: str, result) -> dict:
     }
 
 
+def choose(rows: list[dict]) -> tuple[dict, str]:
+    """The source-size study's ``zfnet_model`` config by the rule above, and the reason in words."""
+    by = {r["recipe"]: r for r in rows}
+    if "kaiming" not in by:
+        raise SystemExit("--choose: the rule compares against kaiming; run that recipe too")
+    base = by["kaiming"]["val_top1_10crop"]
+    fit = [r for r in rows if r["recipe"] in ASSET_CONFIG and r["val_top1_10crop"] <= base + INIT_TOLERANCE]
+    best = min(fit, key=lambda r: r["conv1_hf_median"])
+    config = dict(ASSET_CONFIG[best["recipe"]])
+    why = (f"{best['recipe']}: conv1 high-frequency median {best['conv1_hf_median']:.3f}, 10-crop error "
+           f"{best['val_top1_10crop']:.2f}% (kaiming {base:.2f}%, smoothest within {INIT_TOLERANCE} point)")
+    stop = by.get("kaiming+stop")
+    if stop and stop["val_top1_10crop"] <= base + STOP_TOLERANCE:
+        config.update(STOP)
+        why += (f"; kaiming+stop's schedule: {stop['val_top1_10crop']:.2f}% after {stop['epochs_run']} epochs "
+                f"against {by['kaiming']['epochs_run']}")
+    return config, why
+
+
+def write_choice(path: Path, rows: list[dict]) -> None:
+    config, why = choose(rows)
+    body = "\n".join(f"        {k}: {v}" for k, v in config.items())
+    path.write_text(f"# benchmarks/init_study.py --choose: {why}\nops:\n  zfnet_model:\n    config:\n{body}\n")
+    print(f"chose {why} -> {path}")
+
+
+def run_parallel(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
+    """Each recipe through this script in a process of its own, ``args.jobs`` at a time: the rows of those that
+    finished, in order, and the recipes that failed."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    common = [sys.executable, __file__, "--shards", args.shards, "--val-shards", args.val_shards, "--mean", args.mean,
+              "--out", args.out, "--epochs", str(args.epochs), "--set", *args.set]
+
+    def one(recipe: str) -> int:
+        with open(out / f"{recipe}.log", "w") as log:
+            code = subprocess.run([*common, "--recipes", recipe, "--json", str(out / f"{recipe}.json")],
+                                  stdout=log, stderr=subprocess.STDOUT).returncode
+        print(f"{recipe}: exit {code} (log {out / recipe}.log)", flush=True)
+        return code
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        codes = dict(zip(args.recipes, pool.map(one, args.recipes)))
+    rows = [json.loads((out / f"{r}.json").read_text())[0] for r, code in codes.items() if not code]
+    for row in rows:
+        print("row", json.dumps(row), flush=True)
+    return rows, [r for r, code in codes.items() if code]
+
+
 def table(rows: list[dict]) -> str:
     def cell(v) -> str:
         return f"{v:.2f}" if isinstance(v, float) else "-" if v is None else str(v)
@@ -98,21 +167,28 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="TrainConfig overrides for every recipe")
     p.add_argument("--json", help="write the rows here")
+    p.add_argument("--jobs", type=int, default=1, help="recipes trained at once, each in its own process")
+    p.add_argument("--choose", help="write the source-size study's zfnet_model config here (needs kaiming)")
     args = p.parse_args(argv)
+    set_fields = overrides(args.set)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     gpu = torch.cuda.is_available()
     base = dict(shards=args.shards, val_shards=args.val_shards, mean=args.mean, epochs=args.epochs, compile=gpu,
                 loader="cache" if gpu else "auto", workers=8 if gpu else 0, log_every=0, checkpoint_every=10,
                 **SHARED)
-    rows = []
-    for recipe in args.recipes:
-        cfg = TrainConfig(**{**base, **RECIPES[recipe], **overrides(args.set), "out": str(Path(args.out) / recipe)})
+    rows, failed = run_parallel(args) if args.jobs > 1 else ([], [])
+    for recipe in args.recipes if args.jobs == 1 else ():
+        cfg = TrainConfig(**{**base, **RECIPES[recipe], **set_fields, "out": str(Path(args.out) / recipe)})
         rows.append(summarize(recipe, train(cfg)))
         print("row", json.dumps(rows[-1]), flush=True)  # a partial table survives a timeout
     print(f"\n{torch.cuda.get_device_name() if gpu else 'cpu'}, {args.epochs} epochs at most, val top-1 error %\n")
     print(table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
+    if args.choose:
+        write_choice(Path(args.choose), rows)
+    if failed:  # the others' rows are written first
+        raise SystemExit(f"recipes failed: {', '.join(failed)}; their logs are in {args.out}")
     return rows
 
 

@@ -3,15 +3,19 @@
 # through `dagster asset materialize` with benchmarks/reproduce/source_size.yaml, Caltech-101 the target.
 #
 # Here (no GPU):
-#   bash benchmarks/source_size.sh stage a|b    builds the sources (make_sources.py, under $SOURCES), stages hold a's
-#                                               or b's JPEGs and the wheels, prints the calls of that hold
+#   bash benchmarks/source_size.sh stage a|b    builds the sources (make_sources.py, under $SOURCES, unless built),
+#                                               stages hold a's or b's JPEGs and the wheels, prints the calls of that hold
 #   bash benchmarks/source_size.sh report DIR   after both holds: unpacks the archives they brought back into DIR,
 #                                               writes source_size.json and its plots to $RESULTS (docs/results)
 # There (in a call's command):
 #   bash benchmarks/source_size.sh sources      the staged folders as sources (make_sources.py) in /tmp/zf/sources
+#   bash benchmarks/source_size.sh init [ARG]...  the init study (benchmarks/init_study.py ARGs, 6 recipes at once) on
+#                                               the staged Imagenette; its rule writes the study's recipe to $RECIPE
 #   bash benchmarks/source_size.sh run NAME SELECTION [-c FILE]...   materializes SELECTION for source NAME into
 #                                               /tmp/zf/out/NAME; FILEs override source_size.yaml (dagster deep-merges
 #                                               the -c files in order, the later one winning, whatever its --help says)
+#   bash benchmarks/source_size.sh runs TAG SELECTION NAME...   `run` for each NAME at once, sharing the GPU;
+#                                               each one's log in $OUT/NAME_TAG.log
 #   bash benchmarks/source_size.sh pack HOLD    the records, tables and result.json of every run -> $OUT/HOLD.tar.gz
 #
 # The plan: JPEGs travel, not shards. At 256 px q90 a shard holds 22 kB an image of Imagenette/Imagewoof (JPEGs:
@@ -19,14 +23,15 @@
 # as tars: Imagenette 143.5 MiB, Imagewoof 138.1, mini-ImageNet 279.6, Caltech-101 86.1. A machine is held at
 # most 30 minutes and a session has 30 minutes of device time, so the study takes two holds, each in its own
 # session, with calls back to back (a machine idle for 30 s is given back with its /tmp):
-#   hold a: wheels, 7 parts (Imagenette, Imagewoof, Caltech-101), then Imagenette and Imagenette + Imagewoof:
-#           about 23 minutes (training ~3 and ~4.5 min, Table 7 ~3.5 min each, Table 4's 5 scratch runs ~3 min)
-#   hold b: wheels, 7 parts (mini-ImageNet, Caltech-101), then mini-ImageNet: about 14 minutes (training ~6 min)
-# Estimates from docs/results/reproduction.md's H200 run. Each source trains in one call (--select '*zfnet_model')
-# and transfers in the next ('*table7,*table4'), so no call nears the 10-minute limit. Table 4's non-pretrained
-# rows depend on the target alone: they run with the first source only (source_size_no_scratch.yaml for the others).
-# A call that hits its limit can be made again while the machine is warm: finished stages are cache hits and
-# training resumes from its last checkpoint.
+#   hold a: wheels, 7 parts (Imagenette, Imagewoof, Caltech-101) and the init study, whose rule picks the recipe
+#           every source trains with ($RECIPE, default /tmp/zf/recipe.yaml there); then Imagenette and Imagenette +
+#           Imagewoof train at once in one call and transfer at once in the next
+#   hold b: wheels, 7 parts (mini-ImageNet, Caltech-101), then mini-ImageNet with hold a's recipe ($RECIPE)
+# At Imagenette's size one run leaves most of an H200 idle (validation and checkpoints between short epochs), so
+# runs share the card: their wall times are then not single-run timings. No call should near the 10-minute
+# limit; one that hits it can be made again while the machine is warm: finished stages are cache hits and
+# training resumes from its last checkpoint. Table 4's non-pretrained rows depend on the target alone: they run
+# with Imagenette only (source_size_no_scratch.yaml for the others).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STUDY=${STUDY:-/tmp/zf}                   # there: staged data, sources, output roots
@@ -36,12 +41,13 @@ IMAGEWOOF=${IMAGEWOOF:-/work/.mirror/thunderInfy+imagewoof/repo}           # a g
 MINI_IMAGENET=${MINI_IMAGENET:-/work/.mirror/Deo0330+split_minidataset/repo}
 CALTECH101=${CALTECH101:-/work/shared/data/caltech101}                    # holding 101_ObjectCategories
 PYTHON=${PYTHON:-python3}
-CONFIG=benchmarks/reproduce/source_size.yaml
+RECIPE=${RECIPE:-$STUDY/recipe.yaml}       # there: the zfnet_model config every source trains with (init study)
+CONFIG=${CONFIG:-benchmarks/reproduce/source_size.yaml}  # a CPU dry run gives a tiny copy
 NO_SCRATCH=benchmarks/reproduce/source_size_no_scratch.yaml
 WHEELS="python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl"
 PREFIX="export PYTHONPATH=/tmp/site:\$PWD PYTHONUNBUFFERED=1 &&"
 
-usage() { sed -n '2,14p' "$0" >&2; exit 2; }
+usage() { sed -n '2,18p' "$0" >&2; exit 2; }
 
 logged() {  # the command of a call that runs one step of this script, its output also in $OUT/<log>.log
     local log=$1; shift
@@ -50,8 +56,8 @@ logged() {  # the command of a call that runs one step of this script, its outpu
 
 stage() {
     local hold=${1:-}
-    PYTHONPATH=. "${VENV_PYTHON:-.venv/bin/python}" benchmarks/make_sources.py "$SOURCES" --imagenette "$IMAGENETTE" \
-        --imagewoof "$IMAGEWOOF" --mini-imagenet "$MINI_IMAGENET"
+    [ -f "$SOURCES/sources.json" ] || PYTHONPATH=. "${VENV_PYTHON:-.venv/bin/python}" benchmarks/make_sources.py \
+        "$SOURCES" --imagenette "$IMAGENETTE" --imagewoof "$IMAGEWOOF" --mini-imagenet "$MINI_IMAGENET"
     local paths
     case "$hold" in
         a) paths=("$SOURCES/imagenette" "$SOURCES/parts/imagewoof" "$CALTECH101/101_ObjectCategories") ;;
@@ -62,13 +68,12 @@ stage() {
         { echo "source_size.sh stage: bash benchmarks/stage.sh wheels dagster duckdb webdataset failed" >&2; exit 1; }
     local first later  # each run's log goes to $OUT/<source>_<step>.log, so it comes back even past the time limit
     if [ "$hold" = a ]; then
-        first="bash benchmarks/source_size.sh sources && $(logged imagenette_model run imagenette "'*zfnet_model'")"
-        later=("$(logged imagenette_transfer run imagenette "'*table7,*table4'")"
-                "$(logged imagenette_imagewoof_model run imagenette_imagewoof "'*zfnet_model'")"
-                "$(logged imagenette_imagewoof_transfer run imagenette_imagewoof "'*table7,*table4'" -c $NO_SCRATCH); bash benchmarks/source_size.sh pack hold_a")
+        first="bash benchmarks/source_size.sh sources && $(logged init_study init)"
+        later=("bash benchmarks/source_size.sh runs model '*zfnet_model' imagenette imagenette_imagewoof"
+                "bash benchmarks/source_size.sh runs transfer '*table7,*table4' imagenette imagenette_imagewoof; bash benchmarks/source_size.sh pack hold_a")
     else
-        first="bash benchmarks/source_size.sh sources && $(logged mini_imagenet_model run mini_imagenet "'*zfnet_model'")"
-        later=("$(logged mini_imagenet_transfer run mini_imagenet "'*table7,*table4'" -c $NO_SCRATCH); bash benchmarks/source_size.sh pack hold_b")
+        first="bash benchmarks/source_size.sh sources && cp benchmarks/reproduce/source_size_recipe.yaml $STUDY/recipe.yaml && $(logged mini_imagenet_model run mini_imagenet "'*zfnet_model'")"
+        later=("$(logged mini_imagenet_transfer run mini_imagenet "'*table7,*table4'"); bash benchmarks/source_size.sh pack hold_b")
     fi
     echo "hold $hold, every call with kind nvidia-h200, back to back:"
     echo "  call 0: carry .whl; command: $WHEELS"
@@ -92,19 +97,52 @@ sources() {
     "$PYTHON" benchmarks/make_sources.py "$STUDY/sources" "${args[@]}"
 }
 
+init() {  # Imagenette's splits as shards, then every recipe of benchmarks/init_study.py at once (ARGs passed on)
+    local nette=$STUDY/study_a/imagenette nd=$STUDY/nd split
+    [ -d "$nette/train" ] || { echo "source_size.sh init: no $nette/train staged (hold a)" >&2; exit 1; }
+    for split in val train; do  # train last: each writes pixel_mean.npy beside its folder, and train's is kept
+        [ -f "$nd/$split/classes.json" ] || "$PYTHON" benchmarks/make_bench_shards.py --images "$nette/$split" \
+            --n "$(find -L "$nette/$split" -type f | wc -l)" --out "$nd/$split" --workers "$(nproc)"
+    done
+    "$PYTHON" benchmarks/init_study.py --shards "$nd/train" --val-shards "$nd/val" --mean "$nd/pixel_mean.npy" \
+        --out "$STUDY/init" --jobs 6 --json "$STUDY/init/rows.json" --choose "$RECIPE" "$@"
+    [ -z "${OUT:-}" ] || cp "$STUDY/init/rows.json" "$RECIPE" "$OUT/"
+}
+
 run() {
     [ $# -ge 2 ] || usage
     local name=$1 selection=$2; shift 2
-    local caltech
+    local configs=(-c "$CONFIG") caltech
     caltech=$(dirname "$(ls -d "$STUDY"/study_*/101_ObjectCategories "$STUDY"/*/101_ObjectCategories 2>/dev/null | head -1)")
     [ -d "$STUDY/sources/$name" ] || { echo "source_size.sh run: no source $STUDY/sources/$name (run 'sources' first)" >&2; exit 1; }
     [ -d "$caltech/101_ObjectCategories" ] || { echo "source_size.sh run: no $STUDY/*/101_ObjectCategories staged" >&2; exit 1; }
+    [ "$name" = imagenette ] || configs+=(-c "$NO_SCRATCH")  # the scratch rows come from the Imagenette run
+    [ -f "$RECIPE" ] && configs+=(-c "$RECIPE")
+    # one Dagster home per source: runs of several sources at once never share a run database
     export ZF_DEVICE=${ZF_DEVICE:-cuda} ZF_OUTPUT_ROOT=$STUDY/out/$name ZF_IMAGENET_ROOT=$STUDY/sources/$name \
-        ZF_CALTECH101_ROOT=$caltech DAGSTER_HOME=$STUDY/home
+        ZF_CALTECH101_ROOT=$caltech DAGSTER_HOME=$STUDY/home/$name
     mkdir -p "$DAGSTER_HOME"
     sed "s#base_dir: .dagster_home#base_dir: $DAGSTER_HOME#" dagster.yaml > "$DAGSTER_HOME/dagster.yaml"
-    echo "source $name: $ZF_IMAGENET_ROOT -> $ZF_OUTPUT_ROOT (Caltech-101: $caltech, device $ZF_DEVICE)"
-    "$PYTHON" -m dagster asset materialize -m assets --select "$selection" -c "$CONFIG" "$@"
+    echo "source $name: $ZF_IMAGENET_ROOT -> $ZF_OUTPUT_ROOT (Caltech-101: $caltech, device $ZF_DEVICE," \
+        "configs: ${configs[*]} $*)"
+    "$PYTHON" -m dagster asset materialize -m assets --select "$selection" "${configs[@]}" "$@"
+}
+
+runs() {  # run SELECTION for several sources at once; fails when any of them did, after all have ended
+    [ $# -ge 3 ] || usage
+    local tag=$1 selection=$2 logs=${OUT:-$STUDY} names pids=() failed=() i log; shift 2
+    names=("$@")
+    for i in "${!names[@]}"; do
+        run "${names[$i]}" "$selection" > "$logs/${names[$i]}_$tag.log" 2>&1 &
+        pids+=($!)
+    done
+    for i in "${!names[@]}"; do
+        log=$logs/${names[$i]}_$tag.log
+        if wait "${pids[$i]}"; then echo "${names[$i]} $tag: done ($log)"; else
+            failed+=("${names[$i]}"); echo "${names[$i]} $tag: FAILED ($log)"; fi
+        tail -n 3 "$log"
+    done
+    [ ${#failed[@]} -eq 0 ] || { echo "source_size.sh runs: failed: ${failed[*]}" >&2; exit 1; }
 }
 
 pack() {
@@ -130,6 +168,6 @@ report() {
 }
 
 case "${1:-}" in
-    stage | sources | run | pack | report) "$@" ;;
+    stage | sources | init | run | runs | pack | report) "$@" ;;
     *) usage ;;
 esac

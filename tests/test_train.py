@@ -452,3 +452,37 @@ def test_init_study_prints_a_row_per_recipe_and_writes_json(data, tmp_path, caps
     assert "| recipe | val_top1_center |" in out and "| normal+radius | " in out
     with pytest.raises(SystemExit, match="--set 'widht=1'"):
         study.main(args[:-6] + ["widht=1"])
+
+
+def test_init_study_runs_recipes_in_parallel_processes_and_chooses_by_its_rule(data, tmp_path, capsys):
+    import yaml
+
+    study = _init_study()
+    args = ["--shards", str(data / "train"), "--val-shards", str(data / "val"), "--mean", str(data / "pixel_mean.npy"),
+            "--out", str(tmp_path / "runs"), "--epochs", "1", "--recipes", "kaiming", "small-conv1", "--jobs", "2",
+            "--json", str(tmp_path / "rows.json"), "--choose", str(tmp_path / "recipe.yaml"), "--set", "width=0.0625",
+            "crop=64", "batch_size=8", "device=cpu", "warmup_epochs=0", "final_train_error=false"]
+    rows = study.main(args)
+    assert [r["recipe"] for r in rows] == ["kaiming", "small-conv1"]
+    assert all((tmp_path / "runs" / f"{r}.log").stat().st_size > 0 for r in ("kaiming", "small-conv1"))
+    config = yaml.safe_load((tmp_path / "recipe.yaml").read_text())["ops"]["zfnet_model"]["config"]
+    assert config == study.choose(rows)[0] and config["init"] == "kaiming"
+    assert "chose " in capsys.readouterr().out
+
+
+def test_init_study_rule_takes_the_smoothest_init_within_a_point_and_the_stop_within_half():
+    study = _init_study()
+
+    def row(recipe, err, hf, epochs=70):
+        return dict(recipe=recipe, val_top1_10crop=err, conv1_hf_median=hf, epochs_run=epochs)
+
+    rows = [row("kaiming", 17.0, 0.75), row("normal", 90.0, 0.05), row("normal+radius", float("nan"), 0.1),
+            row("kaiming+radius", 17.8, 0.30), row("small-conv1", 18.5, 0.10), row("kaiming+stop", 17.4, 0.75, 40)]
+    config, why = study.choose(rows)
+    assert config == {**study.ASSET_CONFIG["kaiming+radius"], **study.STOP}
+    assert why.startswith("kaiming+radius") and "40 epochs against 70" in why
+    rows[-1]["val_top1_10crop"] = 17.6  # the stop costs more than half a point: the full schedule stays
+    rows[3]["val_top1_10crop"] = 18.1  # and no smoother init is within a point
+    assert study.choose(rows)[0] == study.ASSET_CONFIG["kaiming"]
+    with pytest.raises(SystemExit, match="kaiming"):
+        study.choose(rows[1:])
