@@ -119,9 +119,11 @@ def fig3(
         kept = sorted(run.glob("epoch_*.pt")) or [run / "last.pt"]
         epoch_of = {p: int(p.stem.split("_")[-1]) for p in kept if p.stem.startswith("epoch_")}
 
+        last_epoch = model["final"].get("epochs_run", model["final"]["epochs"])
+
         def checkpoints():
             for path in kept:
-                yield epoch_of.get(path, model["final"]["epochs"]), checkpoint.load_model(path, vis.device)
+                yield epoch_of.get(path, last_epoch), checkpoint.load_model(path, vis.device)
 
         maps = {layer: render.choose_maps(vis.net.get_submodule(layer).out_channels, config.maps, config.seed)
                 for layer in config.layers if layer in vis.net.layers}

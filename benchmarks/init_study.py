@@ -181,7 +181,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         cfg = TrainConfig(**{**base, **RECIPES[recipe], **set_fields, "out": str(Path(args.out) / recipe)})
         rows.append(summarize(recipe, train(cfg)))
         print("row", json.dumps(rows[-1]), flush=True)  # a partial table survives a timeout
-    print(f"\n{torch.cuda.get_device_name() if gpu else 'cpu'}, {args.epochs} epochs at most, val top-1 error %\n")
+    device = torch.cuda.get_device_name() if gpu else "cpu"
+    print(f"\n{device}, {set_fields.get('epochs', args.epochs)} epochs at most, val top-1 error %\n")
     print(table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

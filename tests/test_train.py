@@ -303,6 +303,15 @@ def test_training_stops_when_the_lr_has_dropped_max_lr_drops_times(data, tmp_pat
     assert len(again.metrics) == len(lrs) and again.final["epochs_run"] == len(lrs)
 
 
+def test_a_run_stopped_early_keeps_its_last_epoch_for_fig3(data, tmp_path, monkeypatch):
+    _plateau(monkeypatch)
+    fast = {**FAST, "keep_epochs": (1, 2, 64)}
+    result = train(_config(data, tmp_path, epochs=20, patience=1, max_lr_drops=2, **fast))
+    n = result.final["epochs_run"]
+    assert n < 20 and sorted(p.name for p in tmp_path.glob("epoch_*.pt")) == ["epoch_001.pt", "epoch_002.pt",
+                                                                               f"epoch_{n:03d}.pt"]
+
+
 def test_plateau_drops_stop_at_the_floor(data, tmp_path, monkeypatch):
     _plateau(monkeypatch)
     result = train(_config(data, tmp_path, epochs=6, patience=0, min_lr=2e-4, **FAST))

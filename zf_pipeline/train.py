@@ -351,7 +351,8 @@ def train(cfg: TrainConfig) -> RunResult:
             if (epoch + 1) % cfg.checkpoint_every == 0 or stopped or epoch + 1 in (end, *cfg.keep_epochs):
                 save_checkpoint(last, net, arch, epoch=epoch + 1, optimizer=opt, scheduler=sched,
                                 train_config=cfg.to_dict(), metrics=metrics)
-            if epoch + 1 in cfg.keep_epochs:
+            # A run ended by max_lr_drops keeps its last epoch too, so Fig. 3's last column is the final model.
+            if epoch + 1 in cfg.keep_epochs or (stopped and cfg.keep_epochs):
                 with atomic_path(out / f"epoch_{epoch + 1:03d}.pt") as tmp:
                     shutil.copyfile(last, tmp)
             write_metrics(out, metrics)
