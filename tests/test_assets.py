@@ -127,7 +127,7 @@ def test_training_config_defaults_follow_the_data_and_explicit_values_win():
     got = (d.init, d.conv1_init_std, d.input_scale, d.warmup_epochs, d.filter_radius, d.weight_decay, d.epochs)
     assert got == ("kaiming", 1e-2, 1 / 16, 1, None, 5e-2, 8)
     r = cfg(real)
-    assert (r.init, r.conv1_init_std, r.input_scale, r.warmup_epochs, r.filter_radius) == ("normal", None, 1.0, 0, None)
+    assert (r.init, r.conv1_init_std, r.input_scale, r.warmup_epochs, r.filter_radius) == ("normal", None, 1.0, 5, None)
     assert cfg(real, init="kaiming").input_scale == 1 / 64
     assert cfg(real, filter_radius=0.1, min_lr=1e-4, max_lr_drops=3).filter_radius == 0.1
     assert (cfg(real, max_lr_drops=3).max_lr_drops, r.max_lr_drops) == (3, None)
