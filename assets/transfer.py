@@ -20,7 +20,7 @@ from assets.resources import ZFSettings
 from assets.training import TRAIN_CODE
 from zf_pipeline import render, tables, transfer
 from zf_pipeline.data import loader, readers
-from zf_pipeline.io import write_table
+from zf_pipeline.io import atomic_path, write_table
 from zf_pipeline.transfer import loading, probes, protocol, scratch, splits
 
 TRANSFER_CODE = code_version(loading, probes, protocol, scratch, splits, tables)
@@ -66,7 +66,8 @@ def pretrained_runs(
     context: dg.AssetExecutionContext, settings: ZFSettings, cfg: ProbeSettings, stage: str, features: dict,
     probe_list: list[tuple[str, str]], n_train: list[int],
 ) -> dict:
-    """Probe runs of frozen features over seeded splits: runs.parquet (one row per split) + splits.parquet."""
+    """Probe runs of frozen features over seeded splits: runs.parquet (one row per split) + splits.parquet.
+    Each probe's runs are kept as they finish (``parts/``), so a killed build resumes at the probe it was on."""
 
     def build(out: Path) -> dict:
         folder = Path(features["extraction"]) / "features"
@@ -76,10 +77,20 @@ def pretrained_runs(
         write_table(table, out / "splits")
         runs = []
         for layer in dict.fromkeys(layer for _, layer in probe_list):
-            X, y, ids = loading.load_features(folder, layer)
+            X = None  # loaded only for a probe still to run
             for kind in (k for k, on in probe_list if on == layer):
-                context.log.info(f"{stage}: {kind} on {layer}, {X.shape[1]} dims, {len(y)} images")
-                runs.append(protocol.evaluate_splits(X, y, ids, table, probe_config(settings, cfg, kind), layer=layer))
+                part = out / "parts" / f"{kind}_{layer}.parquet"
+                if part.exists():
+                    context.log.info(f"{stage}: {kind} on {layer} kept from a build that was cut off")
+                else:
+                    if X is None:
+                        X, y, ids = loading.load_features(folder, layer)
+                    context.log.info(f"{stage}: {kind} on {layer}, {X.shape[1]} dims, {len(y)} images")
+                    result = protocol.evaluate_splits(X, y, ids, table, probe_config(settings, cfg, kind), layer=layer)
+                    part.parent.mkdir(parents=True, exist_ok=True)
+                    with atomic_path(part) as tmp:
+                        pq.write_table(result, tmp)
+                runs.append(pq.read_table(part))
         write_table(pa.concat_tables(runs), out / "runs")
         return {"runs": str(out / "runs.parquet"), "splits": str(out / "splits.parquet"), "classes": int(y.max()) + 1}
 

@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 
 import dagster as dg
+import pyarrow.parquet as pq
 import pytest
 
 import assets
@@ -166,6 +167,44 @@ def test_a_rebuild_removes_the_temporaries_of_a_killed_build(tmp_path: Path) -> 
     folder = Path(record["path"])
     assert not [p for p in folder.rglob("*") if ".tmp-" in p.name]
     assert sum("left by a killed build" in m for m in logged) == 2
+
+
+def test_a_killed_probe_build_resumes_at_the_probe_it_was_on(tmp_path: Path, monkeypatch) -> None:
+    """Table 7 probes seven layers for minutes each: a call cut off at conv4 must not probe conv1-3 again."""
+    import numpy as np
+
+    from assets import transfer
+    from zf_pipeline.transfer import protocol
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 10)
+    ids = [f"img{i}" for i in range(len(y))]
+    monkeypatch.setattr(transfer.loading, "load_features",
+                        lambda folder, layer: (rng.normal(size=(len(y), 4)).astype("float32"), y, ids))
+    probed, kill_at = [], ["svm/conv2"]
+    real = protocol.evaluate_splits
+
+    def evaluate(X, y, ids, table, config, layer):
+        if f"{config.kind}/{layer}" in kill_at:
+            kill_at.clear()
+            raise KeyboardInterrupt
+        probed.append(f"{config.kind}/{layer}")
+        return real(X, y, ids, table, config, layer=layer)
+
+    monkeypatch.setattr(transfer.protocol, "evaluate_splits", evaluate)
+    settings = ZFSettings(output_root=str(tmp_path), device="cpu")
+    cfg = transfer.ProbeSettings(splits=2, c_grid=[1.0], cv_folds=2)
+    context = type("Context", (), {"log": type("Log", (), {"info": staticmethod(lambda m: None)})})()
+    probe_list = [("svm", "conv1"), ("softmax", "conv1"), ("svm", "conv2"), ("softmax", "conv2")]
+    run = lambda: transfer.pretrained_runs(context, settings, cfg, "table7_x", {"extraction": str(tmp_path),  # noqa: E731
+                                                                                 "fingerprint": "f"}, probe_list, [5])
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    assert probed == ["svm/conv1", "softmax/conv1"]
+    record = run()
+    assert probed == ["svm/conv1", "softmax/conv1", "svm/conv2", "softmax/conv2"]  # conv1 is not probed again
+    runs = pq.read_table(record["runs"])
+    assert runs.num_rows == 4 * 2 and sorted(set(runs.column("layer").to_pylist())) == ["conv1", "conv2"]
 
 
 def _chain(root: Path) -> tuple[ZFSettings, list, dict]:
