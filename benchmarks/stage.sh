@@ -73,11 +73,19 @@ wheels() {
     for package in "$@"; do
         specs+=("$package==$("$VENV_PYTHON" -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$package")")
     done
-    mkdir -p .whl
-    python3 -m pip download -q "${deps[@]}" --only-binary=:all: --python-version 3.12 --implementation cp -d .whl \
+    local fresh wheel
+    fresh=$(mktemp -d)
+    python3 -m pip download -q "${deps[@]}" --only-binary=:all: --python-version 3.12 --implementation cp -d "$fresh" \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
         --platform manylinux2014_x86_64 "${specs[@]}"
-    rm -f .whl/numpy-*.whl .whl/torch-*.whl  # the machine has its own: two versions would break the install
+    rm -f "$fresh"/numpy-*.whl "$fresh"/torch-*.whl  # the machine has its own: two versions would break the install
+    mkdir -p .whl
+    for wheel in "$fresh"/*.whl; do  # a later call replaces a package's earlier version (two break the install)
+        wheel=$(basename "$wheel")
+        rm -f .whl/"${wheel%%-*}"-*.whl
+        mv "$fresh/$wheel" .whl/
+    done
+    rm -rf "$fresh"
     local with="with their dependencies"
     [ ${#deps[@]} -eq 0 ] || with="without dependencies"
     echo "staged ${specs[*]} $with in .whl ($(du -sh .whl | cut -f1)); carry .whl and begin the command with:"
