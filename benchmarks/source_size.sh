@@ -15,7 +15,8 @@
 #                                               /tmp/zf/out/NAME; FILEs override source_size.yaml (dagster deep-merges
 #                                               the -c files in order, the later one winning, whatever its --help says)
 #   bash benchmarks/source_size.sh runs TAG SELECTION NAME...   `run` for each NAME at once, sharing the GPU;
-#                                               each one's log in $OUT/NAME_TAG.log
+#                                               each one's log in $OUT/NAME_TAG.log; with RUN_LIMIT_S each run is
+#                                               interrupted (SIGINT) after that many seconds, to resume in a later call
 #   bash benchmarks/source_size.sh pack HOLD    the records, tables and result.json of every run -> $OUT/HOLD.tar.gz
 #
 # The plan: JPEGs travel, not shards. At 256 px q90 a shard holds 22 kB an image of Imagenette/Imagewoof (JPEGs:
@@ -23,14 +24,15 @@
 # as tars: Imagenette 143.5 MiB, Imagewoof 138.1, mini-ImageNet 279.6, Caltech-101 86.1. A machine is held at
 # most 30 minutes and a session has 30 minutes of device time, so the study takes two holds, each in its own
 # session, with calls back to back (a machine idle for 30 s is given back with its /tmp):
-#   hold a: wheels, 7 parts (Imagenette, Imagewoof, Caltech-101) and the init study, whose rule picks the recipe
-#           every source trains with ($RECIPE, default /tmp/zf/recipe.yaml there); then Imagenette and Imagenette +
-#           Imagewoof train at once in one call and transfer at once in the next
-#   hold b: wheels, 7 parts (mini-ImageNet, Caltech-101), then mini-ImageNet with hold a's recipe ($RECIPE)
+#   hold a: wheels, 7 parts (Imagenette, Imagewoof, Caltech-101), then Imagenette and Imagenette + Imagewoof at
+#           once, the same call repeated until both are done (each call packs what is done so far)
+#   hold b: wheels, 7 parts (mini-ImageNet, Caltech-101), then mini-ImageNet the same way
+# Every source trains with the init study's recipe ($RECIPE, there a copy of
+# benchmarks/reproduce/source_size_recipe.yaml; `init` writes it anew by the study's rule).
 # At Imagenette's size one run leaves most of an H200 idle (validation and checkpoints between short epochs), so
 # runs share the card: their wall times are then not single-run timings. No call should near the 10-minute
-# limit; one that hits it can be made again while the machine is warm: finished stages are cache hits and
-# training resumes from its last checkpoint. Table 4's non-pretrained rows depend on the target alone: they run
+# limit (RUN_LIMIT_S); the next call, while the machine is warm, goes on: finished stages are cache hits,
+# training resumes from its last checkpoint, a transfer table from its last finished probe. Table 4's non-pretrained rows depend on the target alone: they run
 # with Imagenette only (source_size_no_scratch.yaml for the others).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,11 +51,6 @@ PREFIX="export PYTHONPATH=/tmp/site:\$PWD PYTHONUNBUFFERED=1 &&"
 
 usage() { sed -n '2,18p' "$0" >&2; exit 2; }
 
-logged() {  # the command of a call that runs one step of this script, its output also in $OUT/<log>.log
-    local log=$1; shift
-    echo "bash benchmarks/source_size.sh $* 2>&1 | tee \$OUT/$log.log"
-}
-
 stage() {
     local hold=${1:-}
     [ -f "$SOURCES/sources.json" ] || PYTHONPATH=. "${VENV_PYTHON:-.venv/bin/python}" benchmarks/make_sources.py \
@@ -67,14 +64,12 @@ stage() {
     bash benchmarks/stage.sh wheels dagster duckdb webdataset >/dev/null 2>&1 ||
         { echo "source_size.sh stage: bash benchmarks/stage.sh wheels dagster duckdb webdataset failed" >&2; exit 1; }
     local first later  # each run's log goes to $OUT/<source>_<step>.log, so it comes back even past the time limit
-    if [ "$hold" = a ]; then
-        first="bash benchmarks/source_size.sh sources && $(logged init_study init)"
-        later=("bash benchmarks/source_size.sh runs model '*zfnet_model' imagenette imagenette_imagewoof"
-                "bash benchmarks/source_size.sh runs transfer '*table7,*table4' imagenette imagenette_imagewoof; bash benchmarks/source_size.sh pack hold_a")
-    else
-        first="bash benchmarks/source_size.sh sources && cp benchmarks/reproduce/source_size_recipe.yaml $STUDY/recipe.yaml && $(logged mini_imagenet_model run mini_imagenet "'*zfnet_model'")"
-        later=("$(logged mini_imagenet_transfer run mini_imagenet "'*table7,*table4'"); bash benchmarks/source_size.sh pack hold_b")
-    fi
+    local names=(imagenette imagenette_imagewoof)
+    [ "$hold" = a ] || names=(mini_imagenet)
+    # Under the 10-minute call limit with room for the pack; repeated until every source says done.
+    local step="RUN_LIMIT_S=540 bash benchmarks/source_size.sh runs all '*table7,*table4' ${names[*]}; bash benchmarks/source_size.sh pack hold_$hold"
+    first="bash benchmarks/source_size.sh sources && cp benchmarks/reproduce/source_size_recipe.yaml $STUDY/recipe.yaml && $step"
+    later=("$step  # again until each source's line says done")
     echo "hold $hold, every call with kind nvidia-h200, back to back:"
     echo "  call 0: carry .whl; command: $WHEELS"
     bash benchmarks/stage.sh data "study_$hold" "${paths[@]}" -- "$PREFIX set -o pipefail && $first"
@@ -130,16 +125,21 @@ run() {
 
 runs() {  # run SELECTION for several sources at once; fails when any of them did, after all have ended
     [ $# -ge 3 ] || usage
-    local tag=$1 selection=$2 logs=${OUT:-$STUDY} names pids=() failed=() i log; shift 2
+    local tag=$1 selection=$2 logs=${OUT:-$STUDY} names pids=() failed=() i log rc; shift 2
     names=("$@")
     for i in "${!names[@]}"; do
-        run "${names[$i]}" "$selection" > "$logs/${names[$i]}_$tag.log" 2>&1 &
+        # SIGINT: Dagster records the run as failed and the next call's run resumes it
+        timeout -s INT -k 30 "${RUN_LIMIT_S:-0}" bash benchmarks/source_size.sh run "${names[$i]}" "$selection" \
+            > "$logs/${names[$i]}_$tag.log" 2>&1 &
         pids+=($!)
     done
     for i in "${!names[@]}"; do
         log=$logs/${names[$i]}_$tag.log
         if wait "${pids[$i]}"; then echo "${names[$i]} $tag: done ($log)"; else
-            failed+=("${names[$i]}"); echo "${names[$i]} $tag: FAILED ($log)"; fi
+            rc=$?
+            if [ $rc -eq 124 ]; then echo "${names[$i]} $tag: cut off after RUN_LIMIT_S=$RUN_LIMIT_S s: run it again ($log)"
+            else echo "${names[$i]} $tag: FAILED ($log)"; fi
+            failed+=("${names[$i]}"); fi
         tail -n 3 "$log"
     done
     [ ${#failed[@]} -eq 0 ] || { echo "source_size.sh runs: failed: ${failed[*]}" >&2; exit 1; }
@@ -149,7 +149,8 @@ pack() {
     [ $# -eq 1 ] || usage
     mkdir -p "${OUT:?pack runs there, where \$OUT is set}"
     (cd "$STUDY/out" && find . -type f \( -path '*/_records/*' -o -name result.json -o -name 'metrics.*' \
-        -o -name learning_curve.png -o -path './*/table[47]/*' \) -size -4M | tar czf "$OUT/$1.tar.gz" -T -)
+        -o -name learning_curve.png -o -path './*/table[47]/*' -o -name 'fig[38]*.png' \) -size -4M |
+        tar czf "$OUT/$1.tar.gz" -T -)
     echo "packed $(tar tzf "$OUT/$1.tar.gz" | wc -l) files into \$OUT/$1.tar.gz"
 }
 
