@@ -49,7 +49,7 @@ NO_SCRATCH=benchmarks/reproduce/source_size_no_scratch.yaml
 WHEELS="python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl"
 PREFIX="export PYTHONPATH=/tmp/site:\$PWD PYTHONUNBUFFERED=1 &&"
 
-usage() { sed -n '2,18p' "$0" >&2; exit 2; }
+usage() { sed -n '2,20p' "$0" >&2; exit 2; }
 
 stage() {
     local hold=${1:-}
