@@ -64,6 +64,26 @@ def test_a_network_trained_from_scratch_on_a_split_is_scored_on_its_test_images(
         assert row["accuracy"] > 100 / 3
 
 
+def test_the_test_images_never_steer_the_schedule(tmp_path, monkeypatch):
+    """The split's test images are the run's val shards (its per-epoch log), so the plateau schedule, and with it a
+    max_lr_drops stop, watches the training loss: the test images only score the final net."""
+    import zf_pipeline.transfer.scratch as scratch
+
+    images = colour_images(tmp_path / "images", per_class=4)
+    roles = {r.image_id: "train" if int(r.image_id[-3:]) < 2 else "test" for r in images.records}
+    given = []
+
+    def stop_at_training(cfg: TrainConfig):
+        given.append(cfg)
+        raise InterruptedError
+
+    monkeypatch.setattr(scratch.train, "train", stop_at_training)
+    with pytest.raises(InterruptedError):
+        non_pretrained_run(images, roles, tmp_path / "run", size=72, recipe=recipe(max_lr_drops=2), epochs=0,
+                           n_train=2, split_index=0)
+    assert given[0].plateau_on == "train" and given[0].val_shards == str(tmp_path / "run" / "test")
+
+
 def test_the_stored_recipe_round_trips():
     stored = recipe(keep_epochs=(1, 2)).to_dict()
     assert recipe_from_dict({**stored, "keep_epochs": list(stored["keep_epochs"])}) == recipe(keep_epochs=(1, 2))

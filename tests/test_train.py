@@ -312,6 +312,20 @@ def test_a_run_stopped_early_keeps_its_last_epoch_for_fig3(data, tmp_path, monke
                                                                                f"epoch_{n:03d}.pt"]
 
 
+@pytest.mark.parametrize("plateau_on,column", [("val", "val_top1_err"), ("train", "train_loss")])
+def test_the_plateau_schedule_watches_the_chosen_metric(data, tmp_path, monkeypatch, plateau_on, column):
+    watched = []
+    real_step = torch.optim.lr_scheduler.ReduceLROnPlateau.step
+
+    def step(self, metric):
+        watched.append(float(metric))
+        real_step(self, metric)
+
+    monkeypatch.setattr(torch.optim.lr_scheduler.ReduceLROnPlateau, "step", step)
+    result = train(_config(data, tmp_path, epochs=3, warmup_epochs=1, plateau_on=plateau_on, **FAST))
+    assert watched == pytest.approx([m[column] for m in result.metrics[1:]])  # none while ramping up
+
+
 def test_plateau_drops_stop_at_the_floor(data, tmp_path, monkeypatch):
     _plateau(monkeypatch)
     result = train(_config(data, tmp_path, epochs=6, patience=0, min_lr=2e-4, **FAST))
@@ -343,6 +357,8 @@ def test_a_run_that_stops_early_resumes_exactly(data, tmp_path, monkeypatch):
 def test_bad_schedule_and_radius_options_fail_clearly(data, tmp_path):
     with pytest.raises(ValueError, match="filter_radius must be a positive"):
         train(_config(data, tmp_path, filter_radius=0.0))
+    with pytest.raises(ValueError, match="plateau_on must be 'val' or 'train'"):
+        train(_config(data, tmp_path, plateau_on="test"))
     with pytest.raises(ValueError, match="max_lr_drops must be at least 1"):
         train(_config(data, tmp_path, max_lr_drops=0))
     with pytest.raises(ValueError, match="min_lr and max_lr_drops bound the plateau"):

@@ -70,6 +70,9 @@ class TrainConfig:
     conv1_init_std: float | None = None
     schedule: str = "plateau"  # 'plateau': lr x lr_factor when val top-1 stops improving; 'cosine': to 0 per step
     lr_factor: float = 0.1
+    # What the plateau schedule watches: 'val' (val top-1, the paper's practice on ImageNet) or 'train' (the
+    # epoch's training loss), for runs whose val images are a test set that must not steer training.
+    plateau_on: str = "val"
     patience: int = 5  # epochs without a val top-1 improvement before the lr drops
     min_lr: float = 0.0  # plateau drops stop at this floor (0: none)
     # The run ends at its N-th plateau (None: runs all epochs), a plateau at the floor counting as a drop;
@@ -252,6 +255,8 @@ def train(cfg: TrainConfig) -> RunResult:
         raise ValueError(f"filter_radius must be a positive RMS (or None: off), not {cfg.filter_radius!r}")
     if cfg.max_lr_drops is not None and cfg.max_lr_drops < 1:
         raise ValueError(f"max_lr_drops must be at least 1 (or None: no limit), not {cfg.max_lr_drops!r}")
+    if cfg.plateau_on not in ("val", "train"):
+        raise ValueError(f"plateau_on must be 'val' or 'train', not {cfg.plateau_on!r}")
     net = net.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
 
     src = dict(mode=cfg.loader, seed=cfg.seed, workers=cfg.workers, rank=rank, world_size=world, device=device,
@@ -324,7 +329,7 @@ def train(cfg: TrainConfig) -> RunResult:
         lr = opt.param_groups[0]["lr"]
         if cfg.schedule == "plateau" and epoch + 1 > cfg.warmup_epochs:  # no drop while still ramping up
             best = sched.best
-            sched.step(val["top1_err"])
+            sched.step(val["top1_err"] if cfg.plateau_on == "val" else tot_loss / tot_seen)
             # a plateau resets the bad-epoch count without a new best: a drop, or one the floor held back
             drops += int(sched.num_bad_epochs == 0 and sched.best == best)
             stopped = cfg.max_lr_drops is not None and drops >= cfg.max_lr_drops

@@ -29,6 +29,9 @@ def non_pretrained_run(
     ``recipe`` on the training images for ``epochs`` (0: the recipe's), score the center crop of each test
     image; one :data:`~zf_pipeline.transfer.protocol.RUN_SCHEMA` row (method 'non-pretrained', layer 'fc8').
 
+    The test images are the run's val shards for its per-epoch log only: the plateau schedule (and a
+    ``max_lr_drops`` stop) watches the training loss, so no choice is made on the images that score the net.
+
     A net whose training error stayed above half of chance's (dead ReLUs from the first steps) is
     logged and marked ``converged=False``, so the table flags it instead of silently averaging it.
     """
@@ -43,7 +46,7 @@ def non_pretrained_run(
     run = dataclasses.replace(recipe, shards=str(out / "train"), val_shards=str(out / "test"), mean=str(mean_file),
                               batch_size=min(recipe.batch_size, n_images), out=str(out / "run"),
                               epochs=epochs or recipe.epochs, checkpoint_every=10, keep_epochs=(),
-                              final_train_error=False, final_ten_crop=False, resume=True)
+                              final_train_error=False, final_ten_crop=False, resume=True, plateau_on="train")
     result = train.train(run)
     data = loader.open_split(out / "test")
     mean = loader.load_mean(mean_file, data.size).to(result.model.fc8.weight.device)
