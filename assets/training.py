@@ -4,12 +4,18 @@ The network is trained in-process by default; ``launcher: pipes`` runs the same 
 (``python -m assets.pipes_train``, a thin Pipes wrapper around ``python -m zf_pipeline.train``) as a
 subprocess through Dagster Pipes, so a cluster deployment swaps ``PipesSubprocessClient`` for the
 Kubernetes (or another) Pipes client without touching the training code (see README, "Scaling out").
+Tables 1 and 2 train several networks: ``jobs: N`` trains N at once, each ``python -m zf_pipeline.train``
+in a process of its own with its log in its run folder (one run on a small split leaves most of a GPU idle).
 """
 
 import dataclasses
 import json
 import os
+import queue
+import subprocess
 import sys
+from collections.abc import Callable
+from concurrent import futures
 from pathlib import Path
 
 import dagster as dg
@@ -104,37 +110,92 @@ def train_config(
     )
 
 
+def _flags(run: train.TrainConfig) -> list[str]:
+    """``run`` as ``python -m zf_pipeline.train`` flags."""
+    fields = run.to_dict().items()
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in fields if v is not None and not isinstance(v, (bool, list))]
+    return flags + [f"--{'' if v else 'no-'}{k.replace('_', '-')}" for k, v in fields if isinstance(v, bool)]
+
+
 def run_training(
-    context: dg.AssetExecutionContext,
+    context: dg.AssetExecutionContext | None,
     settings: ZFSettings,
     cfg: train.TrainConfig,
     upstream: list[str],
     launcher: str = "inprocess",
     pipes: dg.PipesSubprocessClient | None = None,
+    log: Callable[[str], None] | None = None,
+    launch: Callable[[train.TrainConfig], None] | None = None,
 ) -> dict:
-    """Train (or find in the cache, or resume) one network; returns the run's record."""
+    """Train (or find in the cache, or resume) one network; returns the run's record. ``launch`` (given by
+    :func:`train_all`) replaces ``launcher``: it trains the run folder's config however it likes."""
     key_cfg = {
         k: v for k, v in cfg.to_dict().items() if k not in ("shards", "val_shards", "mean", "out", "device", "workers")
     }
 
     def build(out: Path) -> dict:
         run = dataclasses.replace(cfg, out=str(out))
-        if launcher == "pipes":
-            flags = [
-                f"--{k.replace('_', '-')}={v}"
-                for k, v in run.to_dict().items()
-                if v is not None and not isinstance(v, (bool, list))
-            ]
-            flags += [
-                f"--{'' if v else 'no-'}{k.replace('_', '-')}" for k, v in run.to_dict().items() if isinstance(v, bool)
-            ]
-            pipes.run(command=[sys.executable, "-m", "assets.pipes_train", *flags], context=context)
+        if launch is not None:
+            launch(run)
+        elif launcher == "pipes":
+            pipes.run(command=[sys.executable, "-m", "assets.pipes_train", *_flags(run)], context=context)
         else:
             train.train(run)
         result = json.loads((out / "result.json").read_text())
         return {"arch": cfg.arch, "final": result, "checkpoint": str(out / "last.pt"), "config": run.to_dict()}
 
-    return cached_stage(settings.out, "train", [TRAIN_CODE, key_cfg, *upstream], build, context.log.info)
+    return cached_stage(settings.out, "train", [TRAIN_CODE, key_cfg, *upstream], build, log or context.log.info)
+
+
+def train_all(
+    context: dg.AssetExecutionContext, settings: ZFSettings, cfgs: list[train.TrainConfig], upstream: list[str],
+    launcher: str, jobs: int,
+) -> list[dict]:
+    """:func:`run_training` for each of ``cfgs``, in order; with ``jobs`` > 1 that many at once, each
+    ``python -m zf_pipeline.train`` in a process of its own logging to ``<run>/train.log``. A failed run stops
+    those not started and lets the running ones finish (cached for the next attempt); an interrupt ends them."""
+    if jobs <= 1:
+        return [run_training(context, settings, c, upstream, launcher, dg.PipesSubprocessClient()) for c in cfgs]
+    messages: queue.SimpleQueue = queue.SimpleQueue()  # Dagster's log is written from this thread only
+    running: set[subprocess.Popen] = set()
+
+    def launch(run: train.TrainConfig) -> None:
+        log_path = Path(run.out) / "train.log"
+        with open(log_path, "ab") as log_file:
+            proc = subprocess.Popen([sys.executable, "-m", "zf_pipeline.train", *_flags(run)], stdout=log_file,
+                                    stderr=subprocess.STDOUT)
+            running.add(proc)
+            messages.put(f"training {run.arch} (seed {run.seed}) in pid {proc.pid}, its log: {log_path}")
+            code = proc.wait()
+            running.discard(proc)
+        if code:
+            raise RuntimeError(f"training {run.arch} (seed {run.seed}) failed with exit code {code}; "
+                               f"its log: {log_path}")
+
+    def drain() -> None:
+        while not messages.empty():
+            context.log.info(messages.get())
+
+    pool = futures.ThreadPoolExecutor(jobs)
+    pending = [pool.submit(run_training, None, settings, c, upstream, log=messages.put, launch=launch) for c in cfgs]
+    try:
+        while futures.wait(pending, timeout=10, return_when=futures.FIRST_EXCEPTION).not_done:
+            drain()
+            if any(f.done() and f.exception() for f in pending):
+                break
+    except BaseException:  # an interrupt or a stop from the UI: the training processes end with this run
+        for proc in list(running):
+            proc.terminate()
+        raise
+    finally:
+        for f in pending:
+            f.cancel()  # the runs not started yet
+        pool.shutdown(wait=True)
+        drain()
+    failed = [f for f in pending if not f.cancelled() and f.exception()]
+    if failed:
+        raise failed[0].exception()
+    return [f.result() for f in pending]
 
 
 def _training_metadata(record: dict) -> dict:
@@ -194,6 +255,7 @@ def zfnet_model_learned(settings: ZFSettings) -> dg.AssetCheckResult:
 
 class Table1Config(TrainingConfig):
     archs: list[str] = list(tables.TABLE1_LABELS)
+    jobs: int = 1  # networks trained at once, each in a process of its own (its log in its run folder)
 
 
 @dg.asset(group_name="training", kinds={"pytorch", "parquet"}, code_version=TRAIN_CODE)
@@ -212,26 +274,17 @@ def table1(
         imagenet_val_shards["fingerprint"],
         pixel_mean_image["fingerprint"],
     ]
-    runs = []
+    shards = imagenet_train_shards["path"], imagenet_val_shards["path"], pixel_mean_image["file"]
+    cfgs = [train_config(settings, config, *shards, arch=arch) for arch in config.archs]
     with settings.gpu_lock(context.log.info):
-        for arch in config.archs:
-            cfg = train_config(
-                settings,
-                config,
-                imagenet_train_shards["path"],
-                imagenet_val_shards["path"],
-                pixel_mean_image["file"],
-                arch=arch,
-            )
-            runs.append(
-                run_training(context, settings, cfg, upstream, config.launcher, dg.PipesSubprocessClient())["path"]
-            )
+        runs = [r["path"] for r in train_all(context, settings, cfgs, upstream, config.launcher, config.jobs)]
     table, md = tables.table1_from_runs(runs)
     return {**publish_table(context, settings.out / "table1", "table1", table, md), "runs": runs}
 
 
 class Table2Config(TrainingConfig):
     models: int = 5
+    jobs: int = 1  # networks trained at once, each in a process of its own (its log in its run folder)
 
 
 @dg.asset(group_name="training", kinds={"pytorch", "parquet"}, code_version=TRAIN_CODE)
@@ -252,24 +305,9 @@ def table2(
             imagenet_val_shards["fingerprint"],
             pixel_mean_image["fingerprint"],
         ]
-        records = [zfnet_model] + [
-            run_training(
-                context,
-                settings,
-                train_config(
-                    settings,
-                    config,
-                    imagenet_train_shards["path"],
-                    imagenet_val_shards["path"],
-                    pixel_mean_image["file"],
-                    seed=config.seed + i,
-                ),
-                upstream,
-                config.launcher,
-                dg.PipesSubprocessClient(),
-            )
-            for i in range(1, config.models)
-        ]
+        shards = imagenet_train_shards["path"], imagenet_val_shards["path"], pixel_mean_image["file"]
+        cfgs = [train_config(settings, config, *shards, seed=config.seed + i) for i in range(1, config.models)]
+        records = [zfnet_model] + train_all(context, settings, cfgs, upstream, config.launcher, config.jobs)
         device = torch.device(settings.torch_device())
         split = loader.open_split(imagenet_val_shards["path"])
         mean = loader.load_mean(pixel_mean_image["file"], split.size).to(device)

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -324,6 +325,29 @@ def test_the_plateau_schedule_watches_the_chosen_metric(data, tmp_path, monkeypa
     monkeypatch.setattr(torch.optim.lr_scheduler.ReduceLROnPlateau, "step", step)
     result = train(_config(data, tmp_path, epochs=3, warmup_epochs=1, plateau_on=plateau_on, **FAST))
     assert watched == pytest.approx([m[column] for m in result.metrics[1:]])  # none while ramping up
+
+
+@pytest.mark.slow
+def test_tables_1_and_2_train_their_networks_at_once_in_processes_of_their_own(data, tmp_path):
+    from assets.resources import ZFSettings
+    from assets.training import train_all
+
+    logged = []
+    context = type("Context", (), {"log": type("Log", (), {"info": staticmethod(logged.append)})})()
+    settings = ZFSettings(output_root=str(tmp_path), device="cpu")
+    cfgs = [_config(data, "", epochs=1, seed=seed, **FAST) for seed in (1, 2, 3)]
+    records = train_all(context, settings, cfgs, ["upstream"], "inprocess", jobs=2)
+    assert [r["config"]["seed"] for r in records] == [1, 2, 3]
+    for r in records:
+        assert "epoch 1/1" in (Path(r["path"]) / "train.log").read_text() and r["final"]["epochs_run"] == 1
+    assert sum(" in pid " in m and "its log: " in m for m in logged) == 3  # each child's log is named
+    again = train_all(context, settings, cfgs, ["upstream"], "inprocess", jobs=2)
+    assert [r["fingerprint"] for r in again] == [r["fingerprint"] for r in records] and all(r["cached"] for r in again)
+
+    bad = [_config(data, "", epochs=1, seed=4, **FAST), _config(data, "", epochs=1, arch="nonsense", **FAST)]
+    with pytest.raises(RuntimeError, match=r"training nonsense .* failed with exit code 1; its log: .*train\.log"):
+        train_all(context, settings, bad, ["upstream"], "inprocess", jobs=2)
+    assert train_all(context, settings, bad[:1], ["upstream"], "inprocess", jobs=2)[0]["cached"]  # it finished
 
 
 def test_plateau_drops_stop_at_the_floor(data, tmp_path, monkeypatch):
