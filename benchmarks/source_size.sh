@@ -17,6 +17,8 @@
 #   bash benchmarks/source_size.sh runs TAG SELECTION NAME...   `run` for each NAME at once, sharing the GPU;
 #                                               each one's log in $OUT/NAME_TAG.log; with RUN_LIMIT_S each run is
 #                                               interrupted (SIGINT) after that many seconds, to resume in a later call
+#   bash benchmarks/source_size.sh tables NAME [JOBS]   Tables 1 and 2 (item 6) for source NAME: every network with
+#                                               zfnet_model's recipe (CONFIG, then RECIPE), JOBS (6) trained at once
 #   bash benchmarks/source_size.sh pack HOLD    the records, tables and result.json of every run -> $OUT/HOLD.tar.gz
 #
 # The plan: JPEGs travel, not shards. At 256 px q90 a shard holds 22 kB an image of Imagenette/Imagewoof (JPEGs:
@@ -49,7 +51,7 @@ NO_SCRATCH=benchmarks/reproduce/source_size_no_scratch.yaml
 WHEELS="python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl"
 PREFIX="export PYTHONPATH=/tmp/site:\$PWD PYTHONUNBUFFERED=1 &&"
 
-usage() { sed -n '2,20p' "$0" >&2; exit 2; }
+usage() { sed -n '2,22p' "$0" >&2; exit 2; }
 
 stage() {
     local hold=${1:-}
@@ -123,6 +125,23 @@ run() {
     "$PYTHON" -m dagster asset materialize -m assets --select "$selection" "${configs[@]}" "$@"
 }
 
+tables() {  # Table 1's variants and Table 2's ensemble train zfnet_model's recipe: its merged config, copied
+    [ $# -ge 1 ] || usage
+    local name=$1 jobs=${2:-6}
+    "$PYTHON" - "$CONFIG" "$RECIPE" "$jobs" > "$STUDY/tables.yaml" <<'PY'
+import json, pathlib, sys
+import yaml
+recipe = {}
+for path in sys.argv[1:3]:
+    if pathlib.Path(path).exists():
+        recipe.update(yaml.safe_load(open(path))["ops"]["zfnet_model"]["config"])
+jobs = int(sys.argv[3])
+print(json.dumps({"ops": {"table1": {"config": {**recipe, "jobs": jobs}},
+                          "table2": {"config": {**recipe, "jobs": jobs}}}}))
+PY
+    run "$name" '*table1,*table2' -c "$STUDY/tables.yaml"
+}
+
 runs() {  # run SELECTION for several sources at once; fails when any of them did, after all have ended
     [ $# -ge 3 ] || usage
     local tag=$1 selection=$2 logs=${OUT:-$STUDY} names pids=() failed=() i log rc; shift 2
@@ -169,6 +188,6 @@ report() {
 }
 
 case "${1:-}" in
-    stage | sources | init | run | runs | pack | report) "$@" ;;
+    stage | sources | init | run | runs | tables | pack | report) "$@" ;;
     *) usage ;;
 esac
