@@ -20,7 +20,7 @@ from zf_pipeline.data.loader import DecodedCache, ShardFormatError, augment, loa
 from zf_pipeline.evaluate import eval_crops, evaluate, evaluate_ensemble, topk_errors
 from zf_pipeline.models.checkpoint import load_checkpoint
 from zf_pipeline.models.zfnet import filter_renormalizer, kaiming_init, renormalize_filters
-from zf_pipeline.tables import table1, table2
+from zf_pipeline.tables import TABLE1_LABELS, TABLE1_ORDERINGS, orderings, table1, table2
 from zf_pipeline.train import TrainConfig, make_step, parse_args, train
 
 SIZE, CROP = 72, 64  # the smallest input ZFNet's stride-4 conv1 and three poolings accept is 63 px
@@ -455,6 +455,22 @@ def test_tables_put_the_papers_numbers_beside_ours(tmp_path):
         {"val_top1_err": 20.0, "val_top5_err": 5.0}, {"val_top1_err": 18.0, "val_top5_err": 4.0, "models": 5}
     )
     assert len(t2) >= 4 and "36.6" in md2 and "18.0" in md2
+
+
+def test_the_papers_orderings_are_checked_on_our_rows_and_on_its_own():
+    rows = [{"arch": a, "val_top1_err": e} for a, e in
+            [("ours", 17.0), ("krizhevsky", 18.0), ("removed_3_4", 25.0), ("removed_6_7", 26.0), ("fc_8192", 18.5)]]
+    t, md = table1(rows)
+    checks = {c["lower"]: c for c in orderings(t, "arch", TABLE1_ORDERINGS)}
+    assert checks["ours"]["holds"] is True and checks["ours"]["paper"] == [38.3, 40.5]
+    assert checks["removed_6_7"]["holds"] is False  # removing 6,7 hurt more here: the paper's ordering fails
+    assert checks["ours_fc_8192"]["holds"] is None and checks["ours_fc_8192"]["ours"] == [None, 18.5]
+    assert "our model beats Krizhevsky et al.'s layout: **holds**" in md and "**does not hold**" in md
+    assert "not run" in md
+    for paper_check in orderings(table1([{"arch": a} for a in TABLE1_LABELS])[0], "arch", TABLE1_ORDERINGS):
+        assert paper_check["paper"][0] < paper_check["paper"][1]  # each ordering holds in the paper's own numbers
+    _, md2 = table2({"val_top1_err": 20.0, "val_top5_err": 5.0}, {"val_top1_err": 18.0, "val_top5_err": 4.0})
+    assert "the ensemble beats one model: **holds** (val top-1 error, 5 convnets as per Fig. 2 vs 1 convnet" in md2
 
 
 def test_endless_runs_epoch_after_epoch():

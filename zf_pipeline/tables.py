@@ -63,9 +63,45 @@ def markdown(table: pa.Table) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The orderings of Tables 1 and 2 that section 4's discussion rests on: (claim, the row with the lower val top-1
+# error, the row with the higher one), rows by Table 1's arch or Table 2's model.
+TABLE1_ORDERINGS = (
+    ("our model beats Krizhevsky et al.'s layout", "ours", "krizhevsky"),
+    ("removing layers 3,4 hurts more than removing layers 6,7", "removed_6_7", "removed_3_4"),
+    ("wider middle layers (512, 1024, 512 maps) help, with 8192-unit layers 6,7", "ours_fc_8192", "fc_8192"),
+)
+TABLE2_ORDERINGS = (("the ensemble beats one model", "5 convnets as per Fig. 2", "1 convnet as per Fig. 2"),)
+
+
+def orderings(table: pa.Table, key: str, claims: Sequence[tuple[str, str, str]]) -> list[dict]:
+    """Whether each claim's ordering of val top-1 error holds in our rows and in the paper's (rows by ``key``);
+    ``holds`` is None when either row was not run."""
+    rows = {r[key]: r for r in table.to_pylist()}
+    out = []
+    for claim, lower, higher in claims:
+        a, b = rows.get(lower, {}), rows.get(higher, {})
+        ours = [a.get("val_top1_err"), b.get("val_top1_err")]
+        paper = [a.get("paper_val_top1_err"), b.get("paper_val_top1_err")]
+        out.append({"claim": claim, "lower": lower, "higher": higher, "ours": ours, "paper": paper,
+                    "holds": None if None in ours else ours[0] < ours[1]})
+    return out
+
+
+def orderings_markdown(checks: Sequence[dict]) -> str:
+    """The :func:`orderings` as a list under the table."""
+    def pair(v):
+        return " vs ".join("—" if x is None else f"{x:.1f}" for x in v)
+
+    verdict = {True: "**holds**", False: "**does not hold**", None: "not run"}
+    lines = [f"- {c['claim']}: {verdict[c['holds']]} (val top-1 error, {c['lower']} vs {c['higher']}: ours "
+             f"{pair(c['ours'])}, paper {pair(c['paper'])})" for c in checks]
+    return "\nThe paper's orderings:\n\n" + "\n".join(lines) + "\n"
+
+
 def table1(rows: Sequence[dict]) -> tuple[pa.Table, str]:
     """Table 1: one row per architecture, ``rows`` holding ``arch`` and our ``train_top1_err``,
-    ``val_top1_err``, ``val_top5_err`` (%); the paper's three numbers go beside them."""
+    ``val_top1_err``, ``val_top5_err`` (%); the paper's three numbers go beside them, and under the
+    markdown which of :data:`TABLE1_ORDERINGS` hold."""
     out = []
     for r in rows:
         paper = TABLE1_PAPER.get(r["arch"], (None, None, None))
@@ -77,7 +113,7 @@ def table1(rows: Sequence[dict]) -> tuple[pa.Table, str]:
     schema = pa.schema([("arch", pa.string()), ("model", pa.string())]
                        + [(f"{p}{n}", pa.float64()) for n in _ERRS for p in ("paper_", "")])
     table = pa.Table.from_pylist(out, schema=schema)
-    return table, markdown(table)
+    return table, markdown(table) + orderings_markdown(orderings(table, "arch", TABLE1_ORDERINGS))
 
 
 def run_errors(run_dir: str | os.PathLike) -> dict:
@@ -112,7 +148,7 @@ def table2(single: dict | None, ensemble: dict | None, replication: dict | None 
         "paper_val_top1_err", "paper_val_top5_err", "paper_test_top5_err", "val_top1_err", "val_top5_err")]
         + [("models", pa.int64())])
     table = pa.Table.from_pylist(rows, schema=schema)
-    return table, markdown(table)
+    return table, markdown(table) + orderings_markdown(orderings(table, "model", TABLE2_ORDERINGS))
 
 
 # ------------------------------------------------------------------ transfer (section 5)
