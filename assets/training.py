@@ -9,13 +9,11 @@ in a process of its own with its log in its run folder (one run on a small split
 """
 
 import dataclasses
+import functools
 import json
 import os
-import queue
-import subprocess
 import sys
 from collections.abc import Callable
-from concurrent import futures
 from pathlib import Path
 
 import dagster as dg
@@ -23,6 +21,7 @@ import torch
 
 from assets.cache import cached_stage, code_version
 from assets.metadata import image_md, publish_table, record_md
+from assets.parallel import Trainings, at_once, train_flags
 from assets.resources import ZFSettings
 from zf_pipeline import evaluate, tables, train
 from zf_pipeline.analysis import filters
@@ -110,13 +109,6 @@ def train_config(
     )
 
 
-def _flags(run: train.TrainConfig) -> list[str]:
-    """``run`` as ``python -m zf_pipeline.train`` flags."""
-    fields = run.to_dict().items()
-    flags = [f"--{k.replace('_', '-')}={v}" for k, v in fields if v is not None and not isinstance(v, (bool, list))]
-    return flags + [f"--{'' if v else 'no-'}{k.replace('_', '-')}" for k, v in fields if isinstance(v, bool)]
-
-
 def run_training(
     context: dg.AssetExecutionContext | None,
     settings: ZFSettings,
@@ -138,7 +130,7 @@ def run_training(
         if launch is not None:
             launch(run)
         elif launcher == "pipes":
-            pipes.run(command=[sys.executable, "-m", "assets.pipes_train", *_flags(run)], context=context)
+            pipes.run(command=[sys.executable, "-m", "assets.pipes_train", *train_flags(run)], context=context)
         else:
             train.train(run)
         result = json.loads((out / "result.json").read_text())
@@ -151,51 +143,15 @@ def train_all(
     context: dg.AssetExecutionContext, settings: ZFSettings, cfgs: list[train.TrainConfig], upstream: list[str],
     launcher: str, jobs: int,
 ) -> list[dict]:
-    """:func:`run_training` for each of ``cfgs``, in order; with ``jobs`` > 1 that many at once, each
-    ``python -m zf_pipeline.train`` in a process of its own logging to ``<run>/train.log``. A failed run stops
-    those not started and lets the running ones finish (cached for the next attempt); an interrupt ends them."""
+    """:func:`run_training` for each of ``cfgs``, in order; with ``jobs`` > 1 that many at once
+    (:func:`assets.parallel.at_once`, each run's log in its folder's ``train.log``)."""
     if jobs <= 1:
         return [run_training(context, settings, c, upstream, launcher, dg.PipesSubprocessClient()) for c in cfgs]
-    messages: queue.SimpleQueue = queue.SimpleQueue()  # Dagster's log is written from this thread only
-    running: set[subprocess.Popen] = set()
+    return at_once(context, [functools.partial(_run_in_process, settings, c, upstream) for c in cfgs], jobs)
 
-    def launch(run: train.TrainConfig) -> None:
-        log_path = Path(run.out) / "train.log"
-        with open(log_path, "ab") as log_file:
-            proc = subprocess.Popen([sys.executable, "-m", "zf_pipeline.train", *_flags(run)], stdout=log_file,
-                                    stderr=subprocess.STDOUT)
-            running.add(proc)
-            messages.put(f"training {run.arch} (seed {run.seed}) in pid {proc.pid}, its log: {log_path}")
-            code = proc.wait()
-            running.discard(proc)
-        if code:
-            raise RuntimeError(f"training {run.arch} (seed {run.seed}) failed with exit code {code}; "
-                               f"its log: {log_path}")
 
-    def drain() -> None:
-        while not messages.empty():
-            context.log.info(messages.get())
-
-    pool = futures.ThreadPoolExecutor(jobs)
-    pending = [pool.submit(run_training, None, settings, c, upstream, log=messages.put, launch=launch) for c in cfgs]
-    try:
-        while futures.wait(pending, timeout=10, return_when=futures.FIRST_EXCEPTION).not_done:
-            drain()
-            if any(f.done() and f.exception() for f in pending):
-                break
-    except BaseException:  # an interrupt or a stop from the UI: the training processes end with this run
-        for proc in list(running):
-            proc.terminate()
-        raise
-    finally:
-        for f in pending:
-            f.cancel()  # the runs not started yet
-        pool.shutdown(wait=True)
-        drain()
-    failed = [f for f in pending if not f.cancelled() and f.exception()]
-    if failed:
-        raise failed[0].exception()
-    return [f.result() for f in pending]
+def _run_in_process(settings: ZFSettings, cfg: train.TrainConfig, upstream: list[str], trainings: Trainings) -> dict:
+    return run_training(None, settings, cfg, upstream, log=trainings.log, launch=trainings.train)
 
 
 def _training_metadata(record: dict) -> dict:

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from assets.cache import cached_stage, code_version, fingerprint
 from assets.features import layer_deps
 from assets.metadata import image_md, publish_table
+from assets.parallel import Trainings, at_once
 from assets.resources import ZFSettings
 from assets.training import TRAIN_CODE
 from zf_pipeline import render, tables, transfer
@@ -166,6 +167,7 @@ class CaltechConfig(ProbeSettings):
     n_train: list[int] = list(splits.TABLE4_N_TRAIN)
     non_pretrained_splits: int = 5  # splits on which the network is also trained from scratch (0: none)
     non_pretrained_epochs: int = 0  # 0: the zfnet_model recipe's epochs
+    non_pretrained_jobs: int = 1  # from-scratch networks trained at once, each in a process of its own
 
 
 def non_pretrained_runs(
@@ -173,23 +175,16 @@ def non_pretrained_runs(
     split_file: str, model: dict,
 ) -> list[dict]:
     """The paper's "non-pretrained" rows: the same network trained from scratch on each of the first
-    ``non_pretrained_splits`` splits (cached by content per split)."""
+    ``non_pretrained_splits`` splits (cached by content per split), ``non_pretrained_jobs`` at once."""
     images = readers.open_imageset(dataset, root)
     table = pq.read_table(split_file)
     size = loader.open_split(Path(model["config"]["shards"])).size
-    rows = []
+    tasks = []
     for n_train, index in splits.split_keys(table):
         if index >= cfg.non_pretrained_splits:
             continue
         chosen = splits.one_split(table, n_train, index).to_pydict()
         roles = dict(zip(chosen["image_id"], chosen["role"]))
-
-        def build(out: Path) -> dict:
-            return {"row": scratch.non_pretrained_run(images, roles, out, size=size,
-                                                      recipe=scratch.recipe_from_dict(model["config"]),
-                                                      epochs=cfg.non_pretrained_epochs, n_train=n_train,
-                                                      split_index=index)}
-
         key = [
             TRAIN_CODE,
             TRANSFER_CODE,
@@ -200,8 +195,21 @@ def non_pretrained_runs(
             cfg.seed,
             cfg.non_pretrained_epochs,
         ]
-        rows.append(cached_stage(settings.out, f"scratch_{dataset}", key, build, context.log.info)["row"])
-    return rows
+
+        def task(trainings: Trainings | None, roles=roles, n_train=n_train, index=index, key=key) -> dict:
+            def build(out: Path) -> dict:
+                return {"row": scratch.non_pretrained_run(
+                    images, roles, out, size=size, recipe=scratch.recipe_from_dict(model["config"]),
+                    epochs=cfg.non_pretrained_epochs, n_train=n_train, split_index=index,
+                    launch=trainings.train if trainings else None)}
+
+            log = trainings.log if trainings else context.log.info
+            return cached_stage(settings.out, f"scratch_{dataset}", key, build, log)["row"]
+
+        tasks.append(task)
+    if cfg.non_pretrained_jobs <= 1:
+        return [task(None) for task in tasks]
+    return at_once(context, tasks, cfg.non_pretrained_jobs)
 
 
 def caltech_table(context, settings: ZFSettings, cfg: CaltechConfig, name: str, dataset: str, features: dict,

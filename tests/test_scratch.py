@@ -84,6 +84,30 @@ def test_the_test_images_never_steer_the_schedule(tmp_path, monkeypatch):
     assert given[0].plateau_on == "train" and given[0].val_shards == str(tmp_path / "run" / "test")
 
 
+@pytest.mark.slow
+def test_from_scratch_splits_train_at_once_each_in_a_process_of_its_own(tmp_path):
+    from assets.parallel import at_once
+
+    images = colour_images(tmp_path / "images", per_class=12)
+    split_roles = [{r.image_id: "train" if (int(r.image_id[-3:]) + k) % 12 < 8 else "test" for r in images.records}
+                   for k in (0, 4)]
+    logged = []
+    context = type("Context", (), {"log": type("Log", (), {"info": staticmethod(logged.append)})})()
+
+    def task(k):
+        return lambda trainings: non_pretrained_run(images, split_roles[k], tmp_path / f"split{k}", size=72,
+                                                    recipe=recipe(), epochs=0, n_train=8, split_index=k,
+                                                    launch=trainings.train)
+
+    rows = at_once(context, [task(0), task(1)], jobs=2)
+    assert [r["split_index"] for r in rows] == [0, 1] and all(r["converged"] for r in rows)
+    assert all((tmp_path / f"split{k}" / "run" / "train.log").exists() for k in (0, 1))
+    assert sum(" in pid " in m for m in logged) == 2
+    here = non_pretrained_run(images, split_roles[0], tmp_path / "here", size=72, recipe=recipe(), epochs=0,
+                              n_train=8, split_index=0)
+    assert here["accuracy"] == rows[0]["accuracy"]  # a deterministic recipe: the same net either way
+
+
 def test_the_stored_recipe_round_trips():
     stored = recipe(keep_epochs=(1, 2)).to_dict()
     assert recipe_from_dict({**stored, "keep_epochs": list(stored["keep_epochs"])}) == recipe(keep_epochs=(1, 2))

@@ -226,12 +226,17 @@ def plot_learning_curve(metrics: list[dict], path: str | os.PathLike, title: str
     return Path(path)
 
 
+def resolve_device(name: str) -> torch.device:
+    """A TrainConfig's ``device``: 'auto' is cuda when one is visible, else the CPU."""
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+
+
 def train(cfg: TrainConfig) -> RunResult:
     """Train (or resume) one network as configured; returns when ``cfg.epochs`` (or ``stop_after``) are done."""
     rank, world, local = dist_env()
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo")
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
+    device = resolve_device(cfg.device)
     if device.type == "cuda" and device.index is None:  # "cuda": this rank's GPU (set_device needs an index)
         device = torch.device("cuda", local)
     if device.type == "cuda":

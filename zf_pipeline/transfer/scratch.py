@@ -4,13 +4,15 @@ split's training images (same recipe as the ImageNet model), scored on that spli
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from zf_pipeline import evaluate, train
 from zf_pipeline.data import loader, pixel_mean, shards
 from zf_pipeline.data.records import ImageSet
+from zf_pipeline.models import checkpoint
 from zf_pipeline.transfer.protocol import run_row
 
 log = logging.getLogger(__name__)
@@ -23,11 +25,12 @@ def recipe_from_dict(config: Mapping) -> train.TrainConfig:
 
 def non_pretrained_run(
     images: ImageSet, roles: Mapping[str, str], out: Path, *, size: int, recipe: train.TrainConfig, epochs: int,
-    n_train: int, split_index: int,
+    n_train: int, split_index: int, launch: Callable[[train.TrainConfig], None] | None = None,
 ) -> dict:
     """Shard the split's images (``roles``: image_id -> 'train' / 'test') at ``size`` under ``out``, train
     ``recipe`` on the training images for ``epochs`` (0: the recipe's), score the center crop of each test
     image; one :data:`~zf_pipeline.transfer.protocol.RUN_SCHEMA` row (method 'non-pretrained', layer 'fc8').
+    ``launch`` trains the run's config elsewhere (e.g. a process of its own) instead of in this process.
 
     The test images are the run's val shards for its per-epoch log only: the plateau schedule (and a
     ``max_lr_drops`` stop) watches the training loss, so no choice is made on the images that score the net.
@@ -47,13 +50,18 @@ def non_pretrained_run(
                               batch_size=min(recipe.batch_size, n_images), out=str(out / "run"),
                               epochs=epochs or recipe.epochs, checkpoint_every=10, keep_epochs=(),
                               final_train_error=False, final_ten_crop=False, resume=True, plateau_on="train")
-    result = train.train(run)
+    if launch is None:
+        model = train.train(run).model
+    else:
+        launch(run)
+        model = checkpoint.load_model(out / "run" / "last.pt", train.resolve_device(run.device))
     data = loader.open_split(out / "test")
-    mean = loader.load_mean(mean_file, data.size).to(result.model.fc8.weight.device)
+    mean = loader.load_mean(mean_file, data.size).to(model.fc8.weight.device)
     batches = ((x, y) for x, y, _ in loader.labelled_batches(data, 256, mean.device))
-    probs, labels = evaluate.predict(result.model, batches, mean, run.crop, "center", run.input_scale)
+    probs, labels = evaluate.predict(model, batches, mean, run.crop, "center", run.input_scale)
     chance_err = 100.0 * (1 - 1 / len(images.classes))
-    train_err = result.metrics[-1]["train_top1_err"]
+    last_epoch = (out / "run" / "metrics.jsonl").read_text().splitlines()[-1]
+    train_err = json.loads(last_epoch)["train_top1_err"]
     learned = train_err < 0.5 * chance_err
     if not learned:
         log.warning("non-pretrained %d/class split %d: train error stayed at %.1f%% (chance %.1f%%)",
