@@ -6,6 +6,7 @@ number traces to its images; C is chosen by cross-validation inside each split's
 "Non-pretrained" rows train the same network from scratch on each split's training images.
 """
 
+import functools
 import os
 from pathlib import Path
 
@@ -179,37 +180,27 @@ def non_pretrained_runs(
     images = readers.open_imageset(dataset, root)
     table = pq.read_table(split_file)
     size = loader.open_split(Path(model["config"]["shards"])).size
-    tasks = []
-    for n_train, index in splits.split_keys(table):
-        if index >= cfg.non_pretrained_splits:
-            continue
+    recipe = scratch.recipe_from_dict(model["config"])
+
+    def one_split(n_train: int, index: int, trainings: Trainings | None) -> dict:
         chosen = splits.one_split(table, n_train, index).to_pydict()
         roles = dict(zip(chosen["image_id"], chosen["role"]))
-        key = [
-            TRAIN_CODE,
-            TRANSFER_CODE,
-            model["fingerprint"],
-            dataset,
-            n_train,
-            index,
-            cfg.seed,
-            cfg.non_pretrained_epochs,
-        ]
 
-        def task(trainings: Trainings | None, roles=roles, n_train=n_train, index=index, key=key) -> dict:
-            def build(out: Path) -> dict:
-                return {"row": scratch.non_pretrained_run(
-                    images, roles, out, size=size, recipe=scratch.recipe_from_dict(model["config"]),
-                    epochs=cfg.non_pretrained_epochs, n_train=n_train, split_index=index,
-                    launch=trainings.train if trainings else None)}
+        def build(out: Path) -> dict:
+            return {"row": scratch.non_pretrained_run(images, roles, out, size=size, recipe=recipe,
+                                                      epochs=cfg.non_pretrained_epochs, n_train=n_train,
+                                                      split_index=index,
+                                                      launch=trainings.train if trainings else None)}
 
-            log = trainings.log if trainings else context.log.info
-            return cached_stage(settings.out, f"scratch_{dataset}", key, build, log)["row"]
+        key = [TRAIN_CODE, TRANSFER_CODE, model["fingerprint"], dataset, n_train, index, cfg.seed,
+               cfg.non_pretrained_epochs]
+        log = trainings.log if trainings else context.log.info
+        return cached_stage(settings.out, f"scratch_{dataset}", key, build, log)["row"]
 
-        tasks.append(task)
+    wanted = [(n_train, index) for n_train, index in splits.split_keys(table) if index < cfg.non_pretrained_splits]
     if cfg.non_pretrained_jobs <= 1:
-        return [task(None) for task in tasks]
-    return at_once(context, tasks, cfg.non_pretrained_jobs)
+        return [one_split(n_train, index, None) for n_train, index in wanted]
+    return at_once(context, [functools.partial(one_split, n, i) for n, i in wanted], cfg.non_pretrained_jobs)
 
 
 def caltech_table(context, settings: ZFSettings, cfg: CaltechConfig, name: str, dataset: str, features: dict,

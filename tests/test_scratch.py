@@ -108,6 +108,34 @@ def test_from_scratch_splits_train_at_once_each_in_a_process_of_its_own(tmp_path
     assert here["accuracy"] == rows[0]["accuracy"]  # a deterministic recipe: the same net either way
 
 
+@pytest.mark.slow
+def test_table4s_from_scratch_rows_are_the_same_trained_one_by_one_or_at_once(tmp_path):
+    """The asset's path: the splits of a split table, cached per split, ``non_pretrained_jobs`` at once."""
+    from assets import transfer
+    from assets.resources import ZFSettings
+    from zf_pipeline.data import readers
+    from zf_pipeline.io import write_table
+    from zf_pipeline.transfer import splits
+
+    colour_images(tmp_path / "caltech" / "101_ObjectCategories", per_class=12)
+    caltech = readers.open_imageset("caltech101", tmp_path / "caltech")
+    table = splits.protocol_splits([r.image_id for r in caltech.records], np.array([r.label for r in caltech.records]),
+                                   [8], max_test=4, n_splits=2, seed=0)
+    write_table(table, tmp_path / "splits")
+    write_shards(caltech, tmp_path / "source", size=72, progress=False)  # the source model's shard size
+    model = {"config": recipe(shards=str(tmp_path / "source")).to_dict(), "fingerprint": "model"}
+    context = type("Context", (), {"log": type("Log", (), {"info": staticmethod(lambda m: None)})})()
+    rows = {}
+    for jobs in (1, 2):
+        settings = ZFSettings(output_root=str(tmp_path / f"out{jobs}"), device="cpu")
+        cfg = transfer.CaltechConfig(non_pretrained_splits=2, non_pretrained_jobs=jobs)
+        rows[jobs] = transfer.non_pretrained_runs(context, settings, cfg, "caltech101", str(tmp_path / "caltech"),
+                                                  str(tmp_path / "splits.parquet"), model)
+    assert [r["split_index"] for r in rows[2]] == [0, 1] and all(r["converged"] for r in rows[2])
+    assert [r["accuracy"] for r in rows[1]] == [r["accuracy"] for r in rows[2]]
+    assert len(list((tmp_path / "out2").rglob("train.log"))) == 2 and not list((tmp_path / "out1").rglob("train.log"))
+
+
 def test_the_stored_recipe_round_trips():
     stored = recipe(keep_epochs=(1, 2)).to_dict()
     assert recipe_from_dict({**stored, "keep_epochs": list(stored["keep_epochs"])}) == recipe(keep_epochs=(1, 2))
