@@ -24,10 +24,17 @@ T = TypeVar("T")
 
 
 def train_flags(run: TrainConfig) -> list[str]:
-    """``run`` as ``python -m zf_pipeline.train`` flags."""
-    fields = run.to_dict().items()
-    flags = [f"--{k.replace('_', '-')}={v}" for k, v in fields if v is not None and not isinstance(v, (bool, list))]
-    return flags + [f"--{'' if v else 'no-'}{k.replace('_', '-')}" for k, v in fields if isinstance(v, bool)]
+    """``run`` as ``python -m zf_pipeline.train`` flags (``parse_args`` of them gives ``run`` back)."""
+    flags = []
+    for name, value in run.to_dict().items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, list):  # keep_epochs: an empty list keeps none
+            flags += [flag, *map(str, value)]
+        elif value is not None:
+            flags.append(f"{flag}={value}")
+    return flags
 
 
 class Trainings:

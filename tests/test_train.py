@@ -432,6 +432,16 @@ def test_ddp_ranks_pick_their_own_loader_and_still_step_together(data, tmp_path)
     assert all(torch.equal(r0[k], r1[k]) for k in r0)
 
 
+@pytest.mark.parametrize("over", [{}, {"keep_epochs": ()}, {"keep_epochs": (3, 7), "filter_radius": 0.1,
+                                     "max_lr_drops": 2, "compile": True, "amp": False, "plateau_on": "train"}])
+def test_a_child_training_gets_its_config_back_from_its_flags(over):
+    """Tables 1, 2 and 4 train in child processes from these flags: every field must survive the trip."""
+    from assets.parallel import train_flags
+
+    cfg = TrainConfig(shards="a", val_shards="b", mean="m.npy", out="o", **over)
+    assert parse_args(train_flags(cfg)) == cfg
+
+
 def test_cli_flags_map_to_config():
     cfg = parse_args(["--shards", "a", "--val-shards", "b", "--mean", "m.npy", "--out", "o", "--arch", "krizhevsky",
                       "--epochs", "5", "--lr", "0.02", "--compile", "--no-amp", "--keep-epochs", "1", "3",
