@@ -207,6 +207,35 @@ def test_a_killed_probe_build_resumes_at_the_probe_it_was_on(tmp_path: Path, mon
     assert runs.num_rows == 4 * 2 and sorted(set(runs.column("layer").to_pylist())) == ["conv1", "conv2"]
 
 
+@pytest.mark.slow
+def test_an_interrupted_table_ends_the_trainings_it_started(tmp_path: Path) -> None:
+    """Tables 1, 2 and 4 train several networks at once in child processes: an interrupt (Ctrl-C, a stop from
+    the UI) must not leave them training on."""
+    script = textwrap.dedent(f"""
+        import signal, sys
+        from pathlib import Path
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as under a terminal or Dagster
+        sys.path.insert(0, {str(REPO / "tests")!r})
+        from test_train import CLASSES, FAST, SIZE, _config, _images
+        from shard_writer import write_mean, write_split
+        from assets.resources import ZFSettings
+        from assets.training import train_all
+        root = Path({str(tmp_path)!r})
+        for split, n, seed in (("train", 48, 0), ("val", 18, 1)):
+            write_split(*_images(n, seed), root / split, split, CLASSES, size=SIZE, per_shard=8)
+        write_mean(root / "train", root / "pixel_mean.npy")
+        log = type("Log", (), {{"info": staticmethod(lambda m: print(m, flush=True))}})
+        train_all(type("Context", (), {{"log": log}})(), ZFSettings(output_root=str(root / "out"), device="cpu"),
+                  [_config(root, "", epochs=10_000, seed=s, **FAST) for s in (1, 2)], ["u"], "inprocess", jobs=2)
+    """)
+    run = Output([sys.executable, "-c", script], _env())
+    children = [int(re.search(r"in pid (\d+)", run.wait_for(f"(seed {seed}) in pid")).group(1)) for seed in (1, 2)]
+    run.proc.send_signal(signal.SIGINT)
+    assert run.finish() != 0 and "KeyboardInterrupt" in run.text()
+    for pid in children:  # terminated and reaped by the parent before it exited
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+
+
 def _chain(root: Path) -> tuple[ZFSettings, list, dict]:
     settings = ZFSettings(output_root=str(root), device="cpu")
     resources = {"settings": settings, "io_manager": JsonIOManager(base_dir=str(settings.out / "_records"))}
