@@ -37,6 +37,17 @@ def train_flags(run: TrainConfig) -> list[str]:
     return flags
 
 
+# The child asks the kernel to kill it when the thread that started it dies (Linux), so a `kill -9` of the run
+# leaves no training behind; otherwise it is ``python -m zf_pipeline.train``.
+_CHILD = """import signal, sys
+if sys.platform == "linux":
+    import ctypes
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+from zf_pipeline.train import main
+main(sys.argv[1:])
+"""
+
+
 class Trainings:
     """What a task gets: ``log`` (a line for the run log) and ``train`` (one run in its own process)."""
 
@@ -52,7 +63,7 @@ class Trainings:
         log_path = Path(run.out) / "train.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log_file:
-            proc = subprocess.Popen([sys.executable, "-m", "zf_pipeline.train", *train_flags(run)], stdout=log_file,
+            proc = subprocess.Popen([sys.executable, "-c", _CHILD, *train_flags(run)], stdout=log_file,
                                     stderr=subprocess.STDOUT)
             self.running.add(proc)
             self.log(f"training {run.arch} (seed {run.seed}) in pid {proc.pid}, its log: {log_path}")
