@@ -2,9 +2,8 @@
 
 A run on a small split leaves most of a GPU idle, so an asset with many of them starts ``jobs`` at once: each
 the training CLI (``python -m zf_pipeline.train``'s ``main``) in a process of its own (``torch.compile`` and
-CUDA state stay per process),
-waited on by a thread that also does the run's cheap host-side steps. The threads only queue log lines; this
-module writes them to the Dagster log from the asset's own thread.
+CUDA state stay per process), waited on by a thread that also does the run's cheap host-side steps. The
+threads only queue log lines; this module writes them to the Dagster log from the asset's own thread.
 """
 
 from __future__ import annotations

@@ -154,6 +154,12 @@ def _run_in_process(settings: ZFSettings, cfg: train.TrainConfig, upstream: list
     return run_training(None, settings, cfg, upstream, log=trainings.log, launch=trainings.train)
 
 
+def _training_inputs(train_shards: dict, val_shards: dict, mean: dict) -> tuple[tuple[str, str, str], list[str]]:
+    """The training assets' upstream records as train_config's paths and the run cache's key parts."""
+    paths = train_shards["path"], val_shards["path"], mean["file"]
+    return paths, [train_shards["fingerprint"], val_shards["fingerprint"], mean["fingerprint"]]
+
+
 def _training_metadata(record: dict) -> dict:
     final = record["final"]
     out = Path(record["path"])
@@ -178,14 +184,8 @@ def zfnet_model(
 ) -> dg.Output[dict]:
     """The paper's model (Fig. 2 / Table 1 "Our model") trained as in section 3.1, with per-epoch
     checkpoints (those of Fig. 3's epochs kept), metrics and the learning curve."""
-    cfg = train_config(
-        settings, config, imagenet_train_shards["path"], imagenet_val_shards["path"], pixel_mean_image["file"]
-    )
-    upstream = [
-        imagenet_train_shards["fingerprint"],
-        imagenet_val_shards["fingerprint"],
-        pixel_mean_image["fingerprint"],
-    ]
+    shards, upstream = _training_inputs(imagenet_train_shards, imagenet_val_shards, pixel_mean_image)
+    cfg = train_config(settings, config, *shards)
     with settings.gpu_lock(context.log.info):
         record = run_training(context, settings, cfg, upstream, config.launcher, dg.PipesSubprocessClient())
     # An explicit Output: after a Pipes session Dagster expects events rather than a bare value.
@@ -225,12 +225,7 @@ def table1(
 ) -> dict:
     """Table 1: each architecture variant trained with the same recipe; train top-1, val top-1 / top-5
     error (10 crops) beside the paper's. Runs identical to zfnet_model's are shared through the cache."""
-    upstream = [
-        imagenet_train_shards["fingerprint"],
-        imagenet_val_shards["fingerprint"],
-        pixel_mean_image["fingerprint"],
-    ]
-    shards = imagenet_train_shards["path"], imagenet_val_shards["path"], pixel_mean_image["file"]
+    shards, upstream = _training_inputs(imagenet_train_shards, imagenet_val_shards, pixel_mean_image)
     cfgs = [train_config(settings, config, *shards, arch=arch) for arch in config.archs]
     with settings.gpu_lock(context.log.info):
         runs = [r["path"] for r in train_all(context, settings, cfgs, upstream, config.launcher, config.jobs)]
@@ -256,12 +251,7 @@ def table2(
     """Table 2: the single model, and an ensemble of ``models`` networks (seeds 0..N-1, probabilities
     averaged over 10 crops and over networks), beside the paper's numbers."""
     with settings.gpu_lock(context.log.info):
-        upstream = [
-            imagenet_train_shards["fingerprint"],
-            imagenet_val_shards["fingerprint"],
-            pixel_mean_image["fingerprint"],
-        ]
-        shards = imagenet_train_shards["path"], imagenet_val_shards["path"], pixel_mean_image["file"]
+        shards, upstream = _training_inputs(imagenet_train_shards, imagenet_val_shards, pixel_mean_image)
         cfgs = [train_config(settings, config, *shards, seed=config.seed + i) for i in range(1, config.models)]
         records = [zfnet_model] + train_all(context, settings, cfgs, upstream, config.launcher, config.jobs)
         device = torch.device(settings.torch_device())

@@ -34,8 +34,9 @@
 # At Imagenette's size one run leaves most of an H200 idle (validation and checkpoints between short epochs), so
 # runs share the card: their wall times are then not single-run timings. No call should near the 10-minute
 # limit (RUN_LIMIT_S); the next call, while the machine is warm, goes on: finished stages are cache hits,
-# training resumes from its last checkpoint, a transfer table from its last finished probe. Table 4's non-pretrained rows depend on the target alone: they run
-# with Imagenette only (source_size_no_scratch.yaml for the others).
+# training resumes from its last checkpoint, a transfer table from its last finished probe. Table 4's
+# non-pretrained rows depend on the target alone: they run with Imagenette only (source_size_no_scratch.yaml
+# for the others).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STUDY=${STUDY:-/tmp/zf}                   # there: staged data, sources, output roots
