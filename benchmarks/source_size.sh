@@ -3,8 +3,9 @@
 # through `dagster asset materialize` with benchmarks/reproduce/source_size.yaml, Caltech-101 the target.
 #
 # Here (no GPU):
-#   bash benchmarks/source_size.sh stage a|b    builds the sources (make_sources.py, under $SOURCES, unless built),
-#                                               stages hold a's or b's JPEGs and the wheels, prints the calls of that hold
+#   bash benchmarks/source_size.sh stage a|b|ab builds the sources (make_sources.py, under $SOURCES, unless built),
+#                                               stages hold a's, b's or both holds' JPEGs and the wheels, prints the
+#                                               calls of that hold
 #   bash benchmarks/source_size.sh report DIR   after both holds: unpacks the archives they brought back into DIR,
 #                                               writes source_size.json and its plots to $RESULTS (docs/results)
 # There (in a call's command):
@@ -29,6 +30,7 @@
 #   hold a: wheels, 7 parts (Imagenette, Imagewoof, Caltech-101), then Imagenette and Imagenette + Imagewoof at
 #           once, the same call repeated until both are done (each call packs what is done so far)
 #   hold b: wheels, 7 parts (mini-ImageNet, Caltech-101), then mini-ImageNet the same way
+#   hold ab: both in one hold (12 parts, three sources at once) when one session's device time allows it
 # Every source trains with the init study's recipe ($RECIPE, there a copy of
 # benchmarks/reproduce/source_size_recipe.yaml; `init` writes it anew by the study's rule).
 # At Imagenette's size one run leaves most of an H200 idle (validation and checkpoints between short epochs), so
@@ -52,7 +54,7 @@ NO_SCRATCH=benchmarks/reproduce/source_size_no_scratch.yaml
 WHEELS="python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl"
 PREFIX="export PYTHONPATH=/tmp/site:\$PWD PYTHONUNBUFFERED=1 &&"
 
-usage() { sed -n '2,22p' "$0" >&2; exit 2; }
+usage() { sed -n '2,24p' "$0" >&2; exit 2; }
 
 stage() {
     local hold=${1:-}
@@ -62,13 +64,16 @@ stage() {
     case "$hold" in
         a) paths=("$SOURCES/imagenette" "$SOURCES/parts/imagewoof" "$CALTECH101/101_ObjectCategories") ;;
         b) paths=("$SOURCES/mini_imagenet" "$CALTECH101/101_ObjectCategories") ;;
+        ab) paths=("$SOURCES/imagenette" "$SOURCES/parts/imagewoof" "$SOURCES/mini_imagenet"
+                   "$CALTECH101/101_ObjectCategories") ;;
         *) usage ;;
     esac
     bash benchmarks/stage.sh wheels dagster duckdb webdataset >/dev/null 2>&1 ||
         { echo "source_size.sh stage: bash benchmarks/stage.sh wheels dagster duckdb webdataset failed" >&2; exit 1; }
     local first later  # each run's log goes to $OUT/<source>_<step>.log, so it comes back even past the time limit
-    local names=(imagenette imagenette_imagewoof)
-    [ "$hold" = a ] || names=(mini_imagenet)
+    local names=(imagenette imagenette_imagewoof mini_imagenet)
+    [ "$hold" = a ] && names=(imagenette imagenette_imagewoof)
+    [ "$hold" = b ] && names=(mini_imagenet)
     # Under the 10-minute call limit with room for the pack; repeated until every source says done.
     local step="RUN_LIMIT_S=540 bash benchmarks/source_size.sh runs all '*table7,*table4' ${names[*]}; bash benchmarks/source_size.sh pack hold_$hold"
     first="bash benchmarks/source_size.sh sources && cp benchmarks/reproduce/source_size_recipe.yaml $STUDY/recipe.yaml && $step"
