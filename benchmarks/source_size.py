@@ -16,17 +16,22 @@ benchmarks/reproduce/source_size.yaml (benchmarks/source_size.sh). From the reco
 - ``px``: the median shorter side of the source's images, from make_sources.py's ``sources.json`` (the shards
   hold 256 px crops only); null without ``--sources``.
 
-``table7_std`` and ``table4_30_std`` give the std over the splits beside the means. A source run without Table 4's
+``table7_std`` and ``table4_30_std`` give the std over the splits beside the means. A source whose Table 7 or
+Table 4 has not been materialized yet (a hold cut short) is reported with what it has: ``missing`` names the
+tables it lacks, and their values are empty (null). A source run without Table 4's
 non-pretrained rows (source_size_no_scratch.yaml: they do not depend on the source) takes them from the first
 source that has them, which ``scratch_from`` names. Writes
 ``source_size.json``, ``source_size_layers.png`` (accuracy against layer, one line per source, the paper's
-beside them) and ``source_size_classes.png`` (fc7 accuracy against source classes) under ``--out``.
+beside them) and ``source_size_classes.png`` (fc7 accuracy against source classes) under ``--out``; with
+``--keep DIR`` a copy of what it read of each source under ``DIR/NAME`` (records, tables, result.json), from
+which it redraws the report when that source's run is gone.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -38,6 +43,7 @@ from zf_pipeline.io import read_record, write_bytes_atomic
 
 N_TRAIN = tables.TABLE7_N_TRAIN["caltech101"]  # 30/class: Table 7's Caltech-101 protocol and Table 4's row read
 TABLE4_KEYS = {"pretrained": "pretrained", "non-pretrained": "scratch"}
+TABLES = ("table7", "table4")
 
 
 def record(root: Path, asset: str) -> dict:
@@ -46,16 +52,20 @@ def record(root: Path, asset: str) -> dict:
     return read_record(root / RECORDS / f"{asset}.json", root)
 
 
-def published(root: Path, asset: str) -> list[dict]:
-    """The rows of a table asset's published Parquet file (``outputs/<asset>/<asset>.parquet``)."""
+def published(root: Path, asset: str) -> list[dict] | None:
+    """The rows of a table asset's published Parquet file (``outputs/<asset>/<asset>.parquet``); None while the
+    asset has no record (not materialized yet)."""
+    if not (root / RECORDS / f"{asset}.json").exists():
+        return None
     return pq.read_table(record(root, asset)["path"]).to_pylist()
 
 
 def gather(root: Path, px: int | None = None) -> dict:
     """One source's entry of the study from its output ``root``."""
     run = json.loads((Path(record(root, "zfnet_model")["path"]) / "result.json").read_text())
-    t7 = {f"{r['classifier']}_{r['layer']}": r for r in published(root, "table7") if r["n_train"] == N_TRAIN}
-    rows = {r["row"]: r for r in published(root, "table4") if r["n_train"] == N_TRAIN}
+    tables_rows = {asset: published(root, asset) for asset in TABLES}
+    t7 = {f"{r['classifier']}_{r['layer']}": r for r in tables_rows["table7"] or [] if r["n_train"] == N_TRAIN}
+    rows = {r["row"]: r for r in tables_rows["table4"] or [] if r["n_train"] == N_TRAIN}
     t4 = {key: rows.get(tables.METHOD_ROW[method], {}) for method, key in TABLE4_KEYS.items()}
     return {
         "classes": record(root, "imagenet_train_shards")["classes"],
@@ -68,7 +78,31 @@ def gather(root: Path, px: int | None = None) -> dict:
         "table4_30_std": {key: r.get("ours_std") for key, r in t4.items()},
         "conv1_hf_median": run["conv1_hf_median"],
         "source_val_top1_err": run.get("val_10crop_top1_err", run["val_center_top1_err"]),
+        "missing": [asset for asset, published_rows in tables_rows.items() if published_rows is None],
     }
+
+
+def kept_files(root: Path) -> list[Path]:
+    """What :func:`gather` reads under ``root`` (records, result.json, the tables' Parquet files) with the learning
+    curve and the tables' Markdown beside them: a copy of these redraws the report and shows the runs."""
+    recorded = [asset for asset in ("zfnet_model", "imagenet_train_shards", *TABLES)
+                if (root / RECORDS / f"{asset}.json").exists()]
+    run = Path(record(root, "zfnet_model")["path"])
+    tables_read = [Path(record(root, asset)["path"]) for asset in TABLES if asset in recorded]
+    files = [root / RECORDS / f"{asset}.json" for asset in recorded] + [run / "result.json", run / "learning_curve.png"]
+    files += tables_read + [path.with_suffix(".md") for path in tables_read]
+    return [path for path in files if path.exists()]
+
+
+def keep(root: Path, target: Path) -> None:
+    """Replace ``target`` with :func:`kept_files` of ``root``, at the same paths relative to the root."""
+    fresh = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(fresh, ignore_errors=True)
+    for path in kept_files(root):
+        (fresh / path.relative_to(root)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, fresh / path.relative_to(root))
+    shutil.rmtree(target, ignore_errors=True)
+    fresh.rename(target)
 
 
 def share_scratch(study: dict[str, dict]) -> None:
@@ -87,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", metavar="NAME=ROOT", help="a source's name and its output root")
     parser.add_argument("--sources", type=Path, help="make_sources.py's sources.json (for px)")
     parser.add_argument("--out", type=Path, default=Path("docs/results"), help="where the JSON and plots go")
+    parser.add_argument("--keep", type=Path, help="copy what the report read of each source to KEEP/NAME, a root "
+                                                  "this script reads again (NAME=KEEP/NAME)")
     args = parser.parse_args(argv)
     px = {name: s["px"] for name, s in json.loads(args.sources.read_text()).items()} if args.sources else {}
     try:
@@ -95,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"expected NAME=ROOT pairs, got {' '.join(args.runs)}")
         study = {name: gather(Path(root).resolve(), px.get(name)) for name, root in pairs}
         share_scratch(study)
+        for name, root in pairs if args.keep else []:
+            if Path(root).resolve() != (args.keep / name).resolve():
+                keep(Path(root).resolve(), args.keep / name)
     except (FileNotFoundError, ValueError) as error:
         print(f"source_size: {error}", file=sys.stderr)
         return 1
@@ -103,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     render.render_source_size_classes(study, args.out / "source_size_classes.png")
     for name, entry in study.items():
         print(f"{name}: {entry['classes']} classes, {entry['images']:,} images; Table 7 {entry['table7']}; "
-              f"Table 4 at 30/class {entry['table4_30']}")
+              f"Table 4 at 30/class {entry['table4_30']}"
+              + (f"; not materialized yet: {', '.join(entry['missing'])}" if entry["missing"] else ""))
     print(f"wrote {args.out / 'source_size.json'} and its plots")
     return 0
 

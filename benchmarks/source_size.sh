@@ -3,11 +3,11 @@
 # through `dagster asset materialize` with benchmarks/reproduce/source_size.yaml, Caltech-101 the target.
 #
 # Here (no GPU):
-#   bash benchmarks/source_size.sh stage a|b|ab builds the sources (make_sources.py, under $SOURCES, unless built),
-#                                               stages hold a's, b's or both holds' JPEGs and the wheels, prints the
-#                                               calls of that hold
-#   bash benchmarks/source_size.sh report DIR   after both holds: unpacks the archives they brought back into DIR,
-#                                               writes source_size.json and its plots to $RESULTS (docs/results)
+#   bash benchmarks/source_size.sh stage NAME...  builds the sources (make_sources.py, under $SOURCES, unless built),
+#                                               stages the JPEGs of sources NAME (imagenette, imagenette_imagewoof,
+#                                               mini_imagenet), Caltech-101 and the wheels as one hold; prints its calls
+#   bash benchmarks/source_size.sh report DIR   after a hold: unpacks the archives brought back into DIR, writes
+#                                               source_size.json, its plots and the runs' records to $RESULTS
 # There (in a call's command):
 #   bash benchmarks/source_size.sh sources      the staged folders as sources (make_sources.py) in /tmp/zf/sources
 #   bash benchmarks/source_size.sh init [ARG]...  the init study (benchmarks/init_study.py ARGs, 6 recipes at once) on
@@ -25,12 +25,15 @@
 # The plan: JPEGs travel, not shards. At 256 px q90 a shard holds 22 kB an image of Imagenette/Imagewoof (JPEGs:
 # 10.5 kB) and 15 kB of mini-ImageNet (4.1 kB), and the machine shards all of it in seconds on 16 cores. Staged
 # as tars: Imagenette 143.5 MiB, Imagewoof 138.1, mini-ImageNet 279.6, Caltech-101 86.1. A machine is held at
-# most 30 minutes and a session has 30 minutes of device time, so the study takes two holds, each in its own
-# session, with calls back to back (a machine idle for 30 s is given back with its /tmp):
-#   hold a: wheels, 7 parts (Imagenette, Imagewoof, Caltech-101), then Imagenette and Imagenette + Imagewoof at
-#           once, the same call repeated until both are done (each call packs what is done so far)
-#   hold b: wheels, 7 parts (mini-ImageNet, Caltech-101), then mini-ImageNet the same way
-#   hold ab: both in one hold (12 parts, three sources at once) when one session's device time allows it
+# most 30 minutes and a session has 30 minutes of device time. A hold is the wheels, the parts, then its sources'
+# runs at once, the same call repeated until each is done (each call packs what is done so far). A machine idle
+# for 30 s is given back with its /tmp, so every call of a hold goes out in one batch: a pause between two calls
+# loses the staged data and every unfinished run. Sizes and device times on the H200, two or three sources at once:
+#   imagenette imagenette_imagewoof  7 parts; training 4 and 5.5 min, Table 4's scratch rows 4.5 min, each
+#                                    Table 7 about 7 min: about 20 minutes
+#   imagenette mini_imagenet         9 parts; mini-ImageNet trains 3.5M images (50,000 x 70 epochs)
+#   all three                        12 parts; after 8 minutes mini-ImageNet was at epoch 40 of 70: close to a
+#                                    whole session's device time
 # Every source trains with the init study's recipe ($RECIPE, there a copy of
 # benchmarks/reproduce/source_size_recipe.yaml; `init` writes it anew by the study's rule).
 # At Imagenette's size one run leaves most of an H200 idle (validation and checkpoints between short epochs), so
@@ -57,28 +60,27 @@ PREFIX="export PYTHONPATH=/tmp/site:\$PWD PYTHONUNBUFFERED=1 &&"
 usage() { sed -n '2,24p' "$0" >&2; exit 2; }
 
 stage() {
-    local hold=${1:-}
+    [ $# -ge 1 ] || usage
+    local names=("$@") name paths=()
+    for name in "${names[@]}"; do
+        case "$name" in imagenette | imagenette_imagewoof | mini_imagenet) ;; *) usage ;; esac
+    done
     [ -f "$SOURCES/sources.json" ] || PYTHONPATH=. "${VENV_PYTHON:-.venv/bin/python}" benchmarks/make_sources.py \
         "$SOURCES" --imagenette "$IMAGENETTE" --imagewoof "$IMAGEWOOF" --mini-imagenet "$MINI_IMAGENET"
-    local paths
-    case "$hold" in
-        a) paths=("$SOURCES/imagenette" "$SOURCES/parts/imagewoof" "$CALTECH101/101_ObjectCategories") ;;
-        b) paths=("$SOURCES/mini_imagenet" "$CALTECH101/101_ObjectCategories") ;;
-        ab) paths=("$SOURCES/imagenette" "$SOURCES/parts/imagewoof" "$SOURCES/mini_imagenet"
-                   "$CALTECH101/101_ObjectCategories") ;;
-        *) usage ;;
-    esac
+    # make_sources.py builds imagenette_imagewoof there from the Imagenette and Imagewoof parts
+    [[ " ${names[*]} " =~ \ imagenette(_imagewoof)?\  ]] && paths+=("$SOURCES/imagenette")
+    [[ " ${names[*]} " == *" imagenette_imagewoof "* ]] && paths+=("$SOURCES/parts/imagewoof")
+    [[ " ${names[*]} " == *" mini_imagenet "* ]] && paths+=("$SOURCES/mini_imagenet")
+    paths+=("$CALTECH101/101_ObjectCategories")
     bash benchmarks/stage.sh wheels dagster duckdb webdataset >/dev/null 2>&1 ||
         { echo "source_size.sh stage: bash benchmarks/stage.sh wheels dagster duckdb webdataset failed" >&2; exit 1; }
-    local first later  # each run's log goes to $OUT/<source>_<step>.log, so it comes back even past the time limit
-    local names=(imagenette imagenette_imagewoof mini_imagenet)
-    [ "$hold" = a ] && names=(imagenette imagenette_imagewoof)
-    [ "$hold" = b ] && names=(mini_imagenet)
+    local hold first later  # each run's log goes to $OUT/<source>_<step>.log, so it comes back even past the time limit
+    hold=$(IFS=-; echo "${names[*]}")
     # Under the 10-minute call limit with room for the pack; repeated until every source says done.
     local step="RUN_LIMIT_S=540 bash benchmarks/source_size.sh runs all '*table7,*table4' ${names[*]}; bash benchmarks/source_size.sh pack hold_$hold"
     first="bash benchmarks/source_size.sh sources && cp benchmarks/reproduce/source_size_recipe.yaml $STUDY/recipe.yaml && $step"
     later=("$step  # again until each source's line says done")
-    echo "hold $hold, every call with kind nvidia-h200, back to back:"
+    echo "hold $hold, every call with kind nvidia-h200, all in one batch (a pause of 30 s loses the machine):"
     echo "  call 0: carry .whl; command: $WHEELS"
     bash benchmarks/stage.sh data "study_$hold" "${paths[@]}" -- "$PREFIX set -o pipefail && $first"
     local i=1
@@ -101,8 +103,9 @@ sources() {
 }
 
 init() {  # Imagenette's splits as shards, then every recipe of benchmarks/init_study.py at once (ARGs passed on)
-    local nette=$STUDY/study_a/imagenette nd=$STUDY/nd split
-    [ -d "$nette/train" ] || { echo "source_size.sh init: no $nette/train staged (hold a)" >&2; exit 1; }
+    local nette nd=$STUDY/nd split
+    nette=$(ls -d "$STUDY"/study_*/imagenette 2>/dev/null | head -1)
+    [ -d "$nette/train" ] || { echo "source_size.sh init: no $STUDY/study_*/imagenette/train staged" >&2; exit 1; }
     for split in val train; do  # train last: each writes pixel_mean.npy beside its folder, and train's is kept
         [ -f "$nd/$split/classes.json" ] || "$PYTHON" benchmarks/make_bench_shards.py --images "$nette/$split" \
             --n "$(find -L "$nette/$split" -type f | wc -l)" --out "$nd/$split" --workers "$(nproc)"
@@ -179,18 +182,19 @@ pack() {
     echo "packed $(tar tzf "$OUT/$1.tar.gz" | wc -l) files into \$OUT/$1.tar.gz"
 }
 
-report() {
+report() {  # a source missing from DIR's archives is read from the copy an earlier report kept
     [ $# -eq 1 ] || usage
-    local dir=$1 archive name runs=()
-    for archive in "$dir"/hold_*.tar.gz; do
+    local dir=$1 archive name runs=() results=${RESULTS:-docs/results}
+    for archive in "$dir"/hold_*.tar.gz; do  # in name order: a later archive's records of a source win
         [ -e "$archive" ] || { echo "source_size.sh report: no hold_*.tar.gz in $dir" >&2; exit 1; }
         tar xzf "$archive" -C "$dir"
     done
     for name in imagenette imagenette_imagewoof mini_imagenet; do
-        [ -d "$dir/$name/_records" ] && runs+=("$name=$dir/$name")
+        if [ -d "$dir/$name/_records" ]; then runs+=("$name=$dir/$name")
+        elif [ -d "$results/source_size/$name/_records" ]; then runs+=("$name=$results/source_size/$name"); fi
     done
     PYTHONPATH=. "${VENV_PYTHON:-.venv/bin/python}" benchmarks/source_size.py "${runs[@]}" \
-        --sources "$SOURCES/sources.json" --out "${RESULTS:-docs/results}"
+        --sources "$SOURCES/sources.json" --out "$results" --keep "$results/source_size"
 }
 
 case "${1:-}" in

@@ -107,14 +107,20 @@ def runs(method: str, classifier: str, layer: str, accuracies: list[float], n_tr
             for i, a in enumerate(accuracies)]
 
 
-def write_run(root: Path, classes: int, base: float, scratch: list[float] | None) -> Path:
-    """An output root as the assets leave it: the published tables 4 and 7, their records, the training run's
-    result.json and the train shards' record (paths stored relative to the root)."""
+def write_table7(root: Path, base: float) -> None:
+    """Table 7 published and recorded as the table7 asset leaves it: layer i's two splits at base + i and + i + 2."""
     table7_runs = [row for i, (classifier, layer) in enumerate(tables.PAPER_TABLE7)
                    for row in runs("pretrained", classifier, layer, [base + i, base + i + 2])]
     table7_runs += runs("pretrained", "svm", "conv1", [1.0, 1.0], n_train=60)  # Caltech-256's column: not read
     table, md = tables.table7({"caltech101": pa.Table.from_pylist(table7_runs, schema=RUN_SCHEMA)})
     write_record(root / "_records" / "table7.json", tables.publish(table, md, root / "table7", "table7"), root)
+
+
+def write_run(root: Path, classes: int, base: float, scratch: list[float] | None, table7: bool = True) -> Path:
+    """An output root as the assets leave it: the published tables 4 and 7 (Table 7 only with ``table7``), their
+    records, the training run's result.json and the train shards' record (paths stored relative to the root)."""
+    if table7:
+        write_table7(root, base)
     table4_runs = runs("pretrained", "softmax", "fc7", [base, base + 4]) + runs("pretrained", "softmax", "fc7", [5.0],
                                                                                 n_train=15)
     table4_runs += runs("non-pretrained", "softmax", "fc8", scratch or [])
@@ -152,6 +158,39 @@ def test_report_reads_each_roots_records_and_shares_the_scratch_row(tmp_path):
     assert study["large"]["scratch_from"] == "small" and study["large"]["px"] == 84
     assert (first["conv1_hf_median"], first["source_val_top1_err"]) == (0.5, 20.0)
     assert (out / "source_size_layers.png").stat().st_size > 0 and (out / "source_size_classes.png").stat().st_size > 0
+
+
+def test_report_keeps_a_source_whose_table7_has_not_run(tmp_path, capsys):
+    """A hold cut short leaves a source with its network and Table 4 but no Table 7: it is reported with what it has
+    and names what it lacks; the plots still draw."""
+    done = write_run(tmp_path / "done", 20, 40.0, [50.0, 52.0])
+    cut = write_run(tmp_path / "cut", 10, 30.0, None, table7=False)
+    out = tmp_path / "results"
+
+    assert source_size.main([f"done={done}", f"cut={cut}", "--out", str(out)]) == 0
+
+    study = json.loads((out / "source_size.json").read_text())
+    assert study["cut"]["missing"] == ["table7"] and study["cut"]["table7"] == {}
+    assert study["cut"]["table4_30"] == {"pretrained": 32.0, "scratch": 51.0}
+    assert study["done"]["missing"] == [] and study["done"]["table7"]["svm_conv1"] == 41.0
+    cut_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("cut:"))
+    assert cut_line.endswith("not materialized yet: table7")
+    assert (out / "source_size_layers.png").stat().st_size > 0
+
+
+def test_report_keeps_what_it_read_and_redraws_from_the_copy(tmp_path):
+    """--keep copies each source's records, tables and result.json; the run's other files stay behind, and the
+    copy alone gives the same report (a hold's machine and its outputs are gone after the session)."""
+    run = write_run(tmp_path / "run", 20, 40.0, [50.0, 52.0])
+    write_file(run / "train" / "f00" / "last.pt", b"a checkpoint")
+    kept = tmp_path / "kept"
+    assert source_size.main([f"src={run}", "--out", str(tmp_path / "a"), "--keep", str(kept)]) == 0
+    assert (kept / "src" / "_records" / "table7.json").is_file() and (kept / "src" / "table7" / "table7.md").is_file()
+    assert not (kept / "src" / "train" / "f00" / "last.pt").exists()
+    shutil.rmtree(run)
+
+    assert source_size.main([f"src={kept / 'src'}", "--out", str(tmp_path / "b"), "--keep", str(kept)]) == 0
+    assert (tmp_path / "a" / "source_size.json").read_text() == (tmp_path / "b" / "source_size.json").read_text()
 
 
 def test_report_names_a_missing_record(tmp_path, capsys):
