@@ -44,6 +44,7 @@ from zf_pipeline.io import read_record, write_bytes_atomic
 N_TRAIN = tables.TABLE7_N_TRAIN["caltech101"]  # 30/class: Table 7's Caltech-101 protocol and Table 4's row read
 TABLE4_KEYS = {"pretrained": "pretrained", "non-pretrained": "scratch"}
 TABLES = ("table7", "table4")
+FIGURES = ("fig8", "fig3")  # kept beside the tables when a hold rendered them (SELECTION in source_size.sh)
 
 
 def record(root: Path, asset: str) -> dict:
@@ -84,13 +85,15 @@ def gather(root: Path, px: int | None = None) -> dict:
 
 def kept_files(root: Path) -> list[Path]:
     """What :func:`gather` reads under ``root`` (records, result.json, the tables' Parquet files) with the learning
-    curve and the tables' Markdown beside them: a copy of these redraws the report and shows the runs."""
-    recorded = [asset for asset in ("zfnet_model", "imagenet_train_shards", *TABLES)
+    curve, the tables' Markdown and Fig. 8 / Fig. 3 where they ran: a copy of these redraws the report and shows
+    the runs."""
+    recorded = [asset for asset in ("zfnet_model", "imagenet_train_shards", *TABLES, *FIGURES)
                 if (root / RECORDS / f"{asset}.json").exists()]
     run = Path(record(root, "zfnet_model")["path"])
     tables_read = [Path(record(root, asset)["path"]) for asset in TABLES if asset in recorded]
     files = [root / RECORDS / f"{asset}.json" for asset in recorded] + [run / "result.json", run / "learning_curve.png"]
     files += tables_read + [path.with_suffix(".md") for path in tables_read]
+    files += [Path(png) for asset in FIGURES if asset in recorded for png in record(root, asset)["pngs"].values()]
     return [path for path in files if path.exists()]
 
 

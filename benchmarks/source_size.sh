@@ -4,8 +4,8 @@
 #
 # Here (no GPU):
 #   bash benchmarks/source_size.sh stage NAME...  builds the sources (make_sources.py, under $SOURCES, unless built),
-#                                               stages the JPEGs of sources NAME (imagenette, imagenette_imagewoof,
-#                                               mini_imagenet), Caltech-101 and the wheels as one hold; prints its calls
+#                                               stages sources NAME (imagenette, imagenette_imagewoof, mini_imagenet),
+#                                               Caltech-101 and the wheels as one hold; prints its calls ($SELECTION's)
 #   bash benchmarks/source_size.sh report DIR   after a hold: unpacks the archives brought back into DIR, writes
 #                                               source_size.json, its plots and the runs' records to $RESULTS
 # There (in a call's command):
@@ -54,6 +54,7 @@ PYTHON=${PYTHON:-python3}
 RECIPE=${RECIPE:-$STUDY/recipe.yaml}       # there: the zfnet_model config every source trains with (init study)
 CONFIG=${CONFIG:-benchmarks/reproduce/source_size.yaml}  # a CPU dry run gives a tiny copy
 NO_SCRATCH=benchmarks/reproduce/source_size_no_scratch.yaml
+SELECTION=${SELECTION:-*table7,*table4}   # what a hold materializes per source ('*table7,*table4,*fig8,*fig3': figures too)
 WHEELS="python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl"
 PREFIX="export PYTHONPATH=/tmp/site:\$PWD PYTHONUNBUFFERED=1 &&"
 
@@ -77,7 +78,7 @@ stage() {
     local hold first later  # each run's log goes to $OUT/<source>_<step>.log, so it comes back even past the time limit
     hold=$(IFS=-; echo "${names[*]}")
     # Under the 10-minute call limit with room for the pack; repeated until every source says done.
-    local step="RUN_LIMIT_S=540 bash benchmarks/source_size.sh runs all '*table7,*table4' ${names[*]}; bash benchmarks/source_size.sh pack hold_$hold"
+    local step="RUN_LIMIT_S=540 bash benchmarks/source_size.sh runs all '$SELECTION' ${names[*]}; bash benchmarks/source_size.sh pack hold_$hold"
     first="bash benchmarks/source_size.sh sources && cp benchmarks/reproduce/source_size_recipe.yaml $STUDY/recipe.yaml && $step"
     later=("$step  # again until each source's line says done")
     echo "hold $hold, every call with kind nvidia-h200, all in one batch (a pause of 30 s loses the machine):"
