@@ -15,11 +15,12 @@
 #   bash benchmarks/source_size.sh run NAME SELECTION [-c FILE]...   materializes SELECTION for source NAME into
 #                                               /tmp/zf/out/NAME; FILEs override source_size.yaml (dagster deep-merges
 #                                               the -c files in order, the later one winning, whatever its --help says)
-#   bash benchmarks/source_size.sh runs TAG SELECTION NAME...   `run` for each NAME at once, sharing the GPU;
-#                                               each one's log in $OUT/NAME_TAG.log; with RUN_LIMIT_S each run is
-#                                               interrupted (SIGINT) after that many seconds, to resume in a later call
-#   bash benchmarks/source_size.sh tables NAME [JOBS]   Tables 1 and 2 (item 6) for source NAME: every network with
-#                                               zfnet_model's recipe (CONFIG, then RECIPE), JOBS (6) trained at once
+#   bash benchmarks/source_size.sh runs TAG SELECTION NAME... [-- ARG...]   `run` (with ARGs) for each NAME at once,
+#                                               sharing the GPU; each one's log in $OUT/NAME_TAG.log; with RUN_LIMIT_S
+#                                               each is interrupted (SIGINT) after that many seconds, to resume later
+#   bash benchmarks/source_size.sh tables NAME [JOBS] [ALSO]   Tables 1 and 2 (item 6) for source NAME, with ALSO
+#                                               (e.g. '*fig8,*fig3') in the same run, as `runs` does: every network
+#                                               with zfnet_model's recipe (CONFIG, then RECIPE), JOBS (6) at once
 #   bash benchmarks/source_size.sh pack HOLD    the records, tables and result.json of every run -> $OUT/HOLD.tar.gz
 #
 # The plan: JPEGs travel, not shards. At 256 px q90 a shard holds 22 kB an image of Imagenette/Imagewoof (JPEGs:
@@ -138,6 +139,7 @@ run() {
 tables() {  # Table 1's variants and Table 2's ensemble train zfnet_model's recipe: its merged config, copied
     [ $# -ge 1 ] || usage
     local name=$1 jobs=${2:-6}
+    mkdir -p "$STUDY"
     "$PYTHON" - "$CONFIG" "$RECIPE" "$jobs" > "$STUDY/tables.yaml" <<'PY'
 import json, pathlib, sys
 import yaml
@@ -149,17 +151,22 @@ jobs = int(sys.argv[3])
 print(json.dumps({"ops": {"table1": {"config": {**recipe, "jobs": jobs}},
                           "table2": {"config": {**recipe, "jobs": jobs}}}}))
 PY
-    run "$name" '*table1,*table2' -c "$STUDY/tables.yaml"
+    runs tables "*table1,*table2${3:+,$3}" "$name" -- -c "$STUDY/tables.yaml"
 }
 
 runs() {  # run SELECTION for several sources at once; fails when any of them did, after all have ended
     [ $# -ge 3 ] || usage
-    local tag=$1 selection=$2 logs=${OUT:-$STUDY} names pids=() failed=() i log rc; shift 2
-    names=("$@")
+    local tag=$1 selection=$2 logs=${OUT:-$STUDY} names=() extra=() pids=() failed=() i log rc; shift 2
+    while [ $# -gt 0 ]; do  # NAME... [-- ARG...]: ARGs go to every run
+        if [ "$1" = "--" ]; then shift; extra=("$@"); break; fi
+        names+=("$1"); shift
+    done
+    [ ${#names[@]} -gt 0 ] || usage
+    mkdir -p "$logs"
     for i in "${!names[@]}"; do
         # SIGINT: Dagster records the run as failed and the next call's run resumes it
         timeout -s INT -k 30 "${RUN_LIMIT_S:-0}" bash benchmarks/source_size.sh run "${names[$i]}" "$selection" \
-            > "$logs/${names[$i]}_$tag.log" 2>&1 &
+            "${extra[@]}" > "$logs/${names[$i]}_$tag.log" 2>&1 &
         pids+=($!)
     done
     for i in "${!names[@]}"; do
@@ -178,7 +185,7 @@ pack() {
     [ $# -eq 1 ] || usage
     mkdir -p "${OUT:?pack runs there, where \$OUT is set}"
     (cd "$STUDY/out" && find . -type f \( -path '*/_records/*' -o -name result.json -o -name 'metrics.*' \
-        -o -name learning_curve.png -o -path './*/table[47]/*' -o -name 'fig[38]*.png' \) -size -4M |
+        -o -name learning_curve.png -o -path './*/table[1247]/*' -o -name 'fig[38]*.png' \) -size -4M |
         tar czf "$OUT/$1.tar.gz" -T -)
     echo "packed $(tar tzf "$OUT/$1.tar.gz" | wc -l) files into \$OUT/$1.tar.gz"
 }
