@@ -38,7 +38,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from zf_pipeline import render, tables
-from zf_pipeline.cli import RECORDS, where
+from zf_pipeline.cli import RECORDS, recorded_assets, where
 from zf_pipeline.io import read_record, write_bytes_atomic
 
 N_TRAIN = tables.TABLE7_N_TRAIN["caltech101"]  # 30/class: Table 7's Caltech-101 protocol and Table 4's row read
@@ -53,18 +53,16 @@ def record(root: Path, asset: str) -> dict:
     return read_record(root / RECORDS / f"{asset}.json", root)
 
 
-def published(root: Path, asset: str) -> list[dict] | None:
-    """The rows of a table asset's published Parquet file (``outputs/<asset>/<asset>.parquet``); None while the
-    asset has no record (not materialized yet)."""
-    if not (root / RECORDS / f"{asset}.json").exists():
-        return None
+def published(root: Path, asset: str) -> list[dict]:
+    """The rows of a table asset's published Parquet file (``outputs/<asset>/<asset>.parquet``)."""
     return pq.read_table(record(root, asset)["path"]).to_pylist()
 
 
 def gather(root: Path, px: int | None = None) -> dict:
     """One source's entry of the study from its output ``root``."""
     run = json.loads((Path(record(root, "zfnet_model")["path"]) / "result.json").read_text())
-    tables_rows = {asset: published(root, asset) for asset in TABLES}
+    recorded = set(recorded_assets(root))  # a table without a record has not been materialized yet: None
+    tables_rows = {asset: published(root, asset) if asset in recorded else None for asset in TABLES}
     t7 = {f"{r['classifier']}_{r['layer']}": r for r in tables_rows["table7"] or [] if r["n_train"] == N_TRAIN}
     rows = {r["row"]: r for r in tables_rows["table4"] or [] if r["n_train"] == N_TRAIN}
     t4 = {key: rows.get(tables.METHOD_ROW[method], {}) for method, key in TABLE4_KEYS.items()}
@@ -87,8 +85,8 @@ def kept_files(root: Path) -> list[Path]:
     """What :func:`gather` reads under ``root`` (records, result.json, the tables' Parquet files) with the learning
     curve, the tables' Markdown and Fig. 8 / Fig. 3 where they ran: a copy of these redraws the report and shows
     the runs."""
-    recorded = [asset for asset in ("zfnet_model", "imagenet_train_shards", *TABLES, *FIGURES)
-                if (root / RECORDS / f"{asset}.json").exists()]
+    present = set(recorded_assets(root))
+    recorded = [asset for asset in ("zfnet_model", "imagenet_train_shards", *TABLES, *FIGURES) if asset in present]
     run = Path(record(root, "zfnet_model")["path"])
     tables_read = [Path(record(root, asset)["path"]) for asset in TABLES if asset in recorded]
     files = [root / RECORDS / f"{asset}.json" for asset in recorded] + [run / "result.json", run / "learning_curve.png"]

@@ -32,7 +32,7 @@
 # loses the staged data and every unfinished run. Sizes and device times on the H200, two or three sources at once:
 #   imagenette imagenette_imagewoof  7 parts; training 4 and 5.5 min, Table 4's scratch rows 4.5 min, each
 #                                    Table 7 about 7 min: about 20 minutes
-#   imagenette mini_imagenet         9 parts; mini-ImageNet trains 3.5M images (50,000 x 70 epochs)
+#   imagenette mini_imagenet         10 parts; mini-ImageNet trains 3.5M images (50,000 x 70 epochs)
 #   all three                        12 parts; after 8 minutes mini-ImageNet was at epoch 40 of 70: close to a
 #                                    whole session's device time
 # Every source trains with the init study's recipe ($RECIPE, there a copy of
