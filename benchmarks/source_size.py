@@ -45,6 +45,7 @@ N_TRAIN = tables.TABLE7_N_TRAIN["caltech101"]  # 30/class: Table 7's Caltech-101
 TABLE4_KEYS = {"pretrained": "pretrained", "non-pretrained": "scratch"}
 TABLES = ("table7", "table4")
 FIGURES = ("fig8", "fig3")  # kept beside the tables when a hold rendered them (SELECTION in source_size.sh)
+FIGURE_LAYERS = ("conv1", "conv2", "conv5")  # those reproduction.md shows; the rest stay in the archive
 
 
 def record(root: Path, asset: str) -> dict:
@@ -83,15 +84,16 @@ def gather(root: Path, px: int | None = None) -> dict:
 
 def kept_files(root: Path) -> list[Path]:
     """What :func:`gather` reads under ``root`` (records, result.json, the tables' Parquet files) with the learning
-    curve, the tables' Markdown and Fig. 8 / Fig. 3 where they ran: a copy of these redraws the report and shows
-    the runs."""
+    curve, the tables' Markdown and Fig. 8 / Fig. 3 (layers ``FIGURE_LAYERS``) where they ran: a copy of these redraws
+    the report and shows the runs."""
     present = set(recorded_assets(root))
     recorded = [asset for asset in ("zfnet_model", "imagenet_train_shards", *TABLES, *FIGURES) if asset in present]
     run = Path(record(root, "zfnet_model")["path"])
     tables_read = [Path(record(root, asset)["path"]) for asset in TABLES if asset in recorded]
     files = [root / RECORDS / f"{asset}.json" for asset in recorded] + [run / "result.json", run / "learning_curve.png"]
     files += tables_read + [path.with_suffix(".md") for path in tables_read]
-    files += [Path(png) for asset in FIGURES if asset in recorded for png in record(root, asset)["pngs"].values()]
+    files += [Path(png) for asset in FIGURES if asset in recorded
+              for layer, png in record(root, asset)["pngs"].items() if layer in FIGURE_LAYERS]
     return [path for path in files if path.exists()]
 
 

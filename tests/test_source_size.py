@@ -179,16 +179,20 @@ def test_report_keeps_a_source_whose_table7_has_not_run(tmp_path, capsys):
 
 
 def test_report_keeps_what_it_read_and_redraws_from_the_copy(tmp_path):
-    """--keep copies each source's records, tables, result.json and figures; the checkpoints stay behind, and the
-    copy alone gives the same report (a hold's machine and its outputs are gone after the session)."""
+    """--keep copies each source's records, tables, result.json and the shown layers' figures; the checkpoints and
+    the other layers stay behind, and the copy alone gives the same report (a hold's machine and its outputs are
+    gone after the session)."""
     run = write_run(tmp_path / "run", 20, 40.0, [50.0, 52.0])
     write_file(run / "train" / "f00" / "last.pt", b"a checkpoint")
-    write_file(run / "fig8" / "h" / "fig8_conv1.png", b"png")
-    write_record(run / "_records" / "fig8.json", {"pngs": {"conv1": str(run / "fig8" / "h" / "fig8_conv1.png")}}, run)
+    pngs = {layer: run / "fig8" / "h" / f"fig8_{layer}.png" for layer in ("conv1", "conv3")}
+    for png in pngs.values():
+        write_file(png, b"png")
+    write_record(run / "_records" / "fig8.json", {"pngs": {layer: str(png) for layer, png in pngs.items()}}, run)
     kept = tmp_path / "kept"
     assert source_size.main([f"src={run}", "--out", str(tmp_path / "a"), "--keep", str(kept)]) == 0
     assert (kept / "src" / "_records" / "table7.json").is_file() and (kept / "src" / "table7" / "table7.md").is_file()
     assert (kept / "src" / "fig8" / "h" / "fig8_conv1.png").read_bytes() == b"png"
+    assert not (kept / "src" / "fig8" / "h" / "fig8_conv3.png").exists()
     assert not (kept / "src" / "train" / "f00" / "last.pt").exists()
     shutil.rmtree(run)
 
