@@ -2,17 +2,26 @@
 # Stage data and wheels for a benchmark on the remote GPU machine (benchmarks/remote.md says how to use it).
 #
 # Here (no GPU):
-#   bash benchmarks/stage.sh data NAME PATH... [-- 'COMMAND'] PATHs -> .carry/NAME/part-I-of-N, each < PART_MIB;
+#   bash benchmarks/stage.sh data NAME PATH... [-- 'COMMAND'] PATHs -> .carry/NAME/part-I-of-N, each small enough to
+#                                                              travel with the working tree (PART_MIB overrides);
 #                                                              prints the calls that carry them, COMMAND after the last
 #   bash benchmarks/stage.sh wheels [--no-deps] PACKAGE...     PACKAGEs at this venv's versions, with their
 #                                                              dependencies unless --no-deps, -> .whl/
 # There (in a call's command):
-#   bash benchmarks/stage.sh receive NAME                      appends the carried parts to /tmp/zf/NAME.tar; after
-#                                                              the last one unpacks it into /tmp/zf/NAME
+#   bash benchmarks/stage.sh receive NAME                      appends the carried parts to $STAGED/NAME.tar; after
+#                                                              the last one unpacks it into $STAGED/NAME (/tmp/zf)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PART_MIB=${PART_MIB:-56}  # a call carries at most 64 MiB with the working tree (~4 MiB)
+CALL_MIB=64  # what one call carries: the working tree (tracked and untracked files git does not ignore) and a part
+STAGED=${STAGED:-/tmp/zf}
 VENV_PYTHON=${VENV_PYTHON:-.venv/bin/python}
+
+part_mib() {  # the largest part that travels beside today's working tree, 2 MiB to spare
+    local tree
+    tree=$(git ls-files -z --cached --others --exclude-standard | xargs -0 -r stat -c %s -- 2>/dev/null |
+        awk '{s += $1} END {print int(s / 1048576) + 1}')
+    echo $((CALL_MIB - tree - 2))
+}
 
 usage() { sed -n '2,12p' "$0" >&2; exit 2; }
 
@@ -24,17 +33,23 @@ data() {
         if [ "$1" = "--" ]; then shift; command="$*"; break; fi
         [ -e "$1" ] || { echo "stage.sh data: $1 does not exist" >&2; exit 1; }
         paths+=("$1")
-        members+=(-C "$(cd "$(dirname "$1")" && pwd)" "$(basename "$1")")  # lands as /tmp/zf/NAME/<its name>
+        members+=(-C "$(cd "$(dirname "$1")" && pwd)" "$(basename "$1")")  # lands as $STAGED/NAME/<its name>
         shift
     done
     [ ${#paths[@]} -gt 0 ] || usage
+    local mib=${PART_MIB:-}
+    if [ -z "$mib" ]; then
+        mib=$(part_mib)
+        [ "$mib" -ge 8 ] || { echo "stage.sh data: the working tree leaves $mib MiB of a call's $CALL_MIB for a part" >&2; exit 1; }
+    fi
     rm -rf ".carry/$name" && mkdir -p ".carry/$name"
     # -h follows links: what a link points to does not travel (see the device README).
-    tar chf - "${members[@]}" | split -b "${PART_MIB}M" -d -a 3 - ".carry/$name/part-"
+    tar chf - "${members[@]}" | split -b "${mib}M" -d -a 3 - ".carry/$name/part-"
     local parts=(".carry/$name"/part-*) n i=1
     n=${#parts[@]}
     for p in "${parts[@]}"; do mv "$p" ".carry/$name/part-$i-of-$n"; i=$((i + 1)); done
-    echo "staged ${paths[*]} as $n part(s) in .carry/$name ($(du -sh ".carry/$name" | cut -f1)); unpacked there into /tmp/zf/$name/"
+    echo "staged ${paths[*]} as $n part(s) of at most $mib MiB in .carry/$name ($(du -sh ".carry/$name" | cut -f1));" \
+        "unpacked there into $STAGED/$name/"
     echo "one call per part, back to back (a machine left idle is given back, and /tmp with it):"
     for i in $(seq 1 "$n"); do
         local then=""
@@ -43,22 +58,27 @@ data() {
     done
 }
 
-receive() {
+receive() {  # each part is deleted once read: the machine keeps ignored files between calls
     [ $# -eq 1 ] || usage
-    local name=$1 tar=/tmp/zf/$1.tar
-    mkdir -p /tmp/zf
-    for p in ".carry/$name"/part-*-of-*; do
-        [ -e "$p" ] || { echo "stage.sh receive: no .carry/$name/part-*-of-* in this call; carry one" >&2; exit 1; }
-        local i=${p##*/part-}; i=${i%-of-*}; local n=${p##*-of-} next
-        next=$(cat "$tar.next" 2>/dev/null || echo 1)
-        [ "$i" -lt "$next" ] && continue  # left by an earlier call: the machine keeps ignored files
-        [ "$i" = "$next" ] || { echo "stage.sh receive: got part $i of $n of $name, expected part $next" >&2; exit 1; }
-        cat "$p" >> "$tar"
-        echo $((i + 1)) > "$tar.next"
+    local name=$1 tar=$STAGED/$1.tar
+    mkdir -p "$STAGED"
+    local parts=(".carry/$name"/part-*-of-*)
+    [ -e "${parts[0]}" ] || { echo "stage.sh receive: no .carry/$name/part-*-of-* in this call; carry one" >&2; exit 1; }
+    for p in $(for q in "${parts[@]}"; do i=${q##*/part-}; echo "${i%-of-*} $q"; done | sort -n | cut -d' ' -f2-); do
+        local i=${p##*/part-}; i=${i%-of-*}; local n=${p##*-of-} expected
+        [ "$i" = 1 ] && { rm -f "$tar"; echo "1 of $n" > "$tar.next"; }  # part 1 starts a staging afresh
+        expected=$(cat "$tar.next" 2>/dev/null || echo "1 of ?")
+        if [ "$i of $n" != "$expected" ]; then
+            rm -f "$p"
+            echo "stage.sh receive: got part $i of $n of $name, expected part $expected; send the parts in order" >&2
+            exit 1
+        fi
+        cat "$p" >> "$tar" && rm -f "$p"
+        echo "$((i + 1)) of $n" > "$tar.next"
         if [ "$i" = "$n" ]; then
-            rm -rf "/tmp/zf/$name" && mkdir -p "/tmp/zf/$name" && tar xf "$tar" -C "/tmp/zf/$name"
+            rm -rf "${STAGED:?}/$name" && mkdir -p "$STAGED/$name" && tar xf "$tar" -C "$STAGED/$name"
             rm -f "$tar" "$tar.next"
-            echo "ready: /tmp/zf/$name ($(du -sh "/tmp/zf/$name" | cut -f1))"
+            echo "ready: $STAGED/$name ($(du -sh "$STAGED/$name" | cut -f1))"
         else
             echo "received part $i of $n of $name"
         fi
