@@ -20,7 +20,8 @@
 #                                               each is interrupted (SIGINT) after that many seconds, to resume later
 #   bash benchmarks/source_size.sh tables NAME [JOBS] [ALSO]   Tables 1 and 2 (item 6) for source NAME, with ALSO
 #                                               (e.g. '*fig8,*fig3') in the same run, as `runs` does: every network
-#                                               with zfnet_model's recipe (CONFIG, then RECIPE), JOBS (6) at once
+#                                               with zfnet_model's recipe (CONFIG, then RECIPE), JOBS at once
+#                                               (9: Table 1's networks in one wave)
 #   bash benchmarks/source_size.sh pack HOLD    the records, tables and result.json of every run -> $OUT/HOLD.tar.gz
 #
 # The plan: JPEGs travel, not shards. At 256 px q90 a shard holds 22 kB an image of Imagenette/Imagewoof (JPEGs:
@@ -30,11 +31,13 @@
 # runs at once, the same call repeated until each is done (each call packs what is done so far). A machine idle
 # for 30 s is given back with its /tmp, so every call of a hold goes out in one batch: a pause between two calls
 # loses the staged data and every unfinished run. Sizes and device times on the H200, two or three sources at once:
-#   imagenette imagenette_imagewoof  7 parts; training 4 and 5.5 min, Table 4's scratch rows 4.5 min, each
-#                                    Table 7 about 7 min: about 20 minutes
-#   imagenette mini_imagenet         10 parts; mini-ImageNet trains 3.5M images (50,000 x 70 epochs)
-#   all three                        12 parts; after 8 minutes mini-ImageNet was at epoch 40 of 70: close to a
-#                                    whole session's device time
+#   imagenette imagenette_imagewoof  about 7 parts; training 3 and 5.5 min, Table 4's scratch rows 4 min, each
+#                                    Table 7 5-6 min: 14 minutes of runs
+#   imagenette mini_imagenet         about 10 parts; mini-ImageNet trains 3.5M images (50,000 x 70 epochs) in
+#                                    10 min: 16 minutes of runs with Fig. 8 and Fig. 3, 18.5 with the staging
+#   all three                        about 12 parts: more than a session's device time
+#   tables imagenette_imagewoof      about 7 parts; Table 1's 9 networks at once train ~15,000 img/s together,
+#                                    so ~14 min, then Table 2's 4: about 25 minutes in all
 # Every source trains with the init study's recipe ($RECIPE, there a copy of
 # benchmarks/reproduce/source_size_recipe.yaml; `init` writes it anew by the study's rule).
 # At Imagenette's size one run leaves most of an H200 idle (validation and checkpoints between short epochs), so
@@ -59,7 +62,7 @@ SELECTION=${SELECTION:-*table7,*table4}   # what a hold materializes per source 
 WHEELS="python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl"
 PREFIX="export PYTHONPATH=/tmp/site:\$PWD PYTHONUNBUFFERED=1 &&"
 
-usage() { sed -n '2,24p' "$0" >&2; exit 2; }
+usage() { sed -n '2,25p' "$0" >&2; exit 2; }
 
 stage() {
     [ $# -ge 1 ] || usage
@@ -138,7 +141,7 @@ run() {
 
 tables() {  # Table 1's variants and Table 2's ensemble train zfnet_model's recipe: its merged config, copied
     [ $# -ge 1 ] || usage
-    local name=$1 jobs=${2:-6}
+    local name=$1 jobs=${2:-9}
     mkdir -p "$STUDY"
     "$PYTHON" - "$CONFIG" "$RECIPE" "$jobs" > "$STUDY/tables.yaml" <<'PY'
 import json, pathlib, sys
