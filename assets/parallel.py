@@ -37,12 +37,10 @@ def train_flags(run: TrainConfig) -> list[str]:
     return flags
 
 
-# The child asks the kernel to kill it when the thread that started it dies (Linux), so a `kill -9` of the run
-# leaves no training behind; otherwise it is ``python -m zf_pipeline.train``.
-_CHILD = """import signal, sys
-if sys.platform == "linux":
-    import ctypes
-    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+# ``python -m zf_pipeline.train`` that dies with the thread that started it (workers.die_with_parent).
+_CHILD = """import sys
+from zf_pipeline.workers import die_with_parent
+die_with_parent()
 from zf_pipeline.train import main
 main(sys.argv[1:])
 """

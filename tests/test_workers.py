@@ -3,10 +3,13 @@ it) used to wait forever for pool workers that Pool.terminate() could not stop."
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
 
 import pytest
 
@@ -57,3 +60,42 @@ def test_the_initializer_still_runs() -> None:
     """)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "0o77"
+
+
+def child_state_after_parent_killed(die: bool) -> str:
+    """Start a parent that starts a sleeping child (calling die_with_parent or not), SIGKILL the parent, and read
+    the child's state: 'gone', or its /proc state letter ('Z' once it has died, unreaped)."""
+    parent = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import subprocess, sys
+        child = subprocess.Popen([sys.executable, "-c",
+            "from zf_pipeline.workers import die_with_parent\\n"
+            + ("die_with_parent()\\n" if {die!r} else "")
+            + "print('ready', flush=True)\\nimport time\\ntime.sleep(60)"], stdout=subprocess.PIPE, text=True)
+        assert child.stdout.readline() == "ready\\n"
+        print(child.pid, flush=True)
+        import time
+        time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True)
+    pid = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    state = "gone"
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return "gone"
+        if state == "Z" or not die:
+            break
+        time.sleep(0.1)
+    if state not in ("gone", "Z"):
+        os.kill(pid, signal.SIGKILL)
+    return state
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_child_that_asked_dies_with_its_parent() -> None:
+    """A training child (assets.parallel, assets.pipes_train) must not outlive a kill -9 of the run."""
+    assert child_state_after_parent_killed(die=True) in ("gone", "Z")
+    assert child_state_after_parent_killed(die=False) not in ("gone", "Z")  # what it prevents
