@@ -71,17 +71,10 @@ def fig8(
         vis = val_images(settings, model, val, mean)
         layers = [layer for layer in config.layers if layer in vis.net.layers]
         rows = render.shown_rows(pq.read_table(top9["file"]), layers, config.maps or None, config.seed)
-        paths = render.render_fig8(
-            vis.net,
-            rows,
-            vis.lookup({r["image_id"] for r in rows}),
-            out,
-            layers,
-            config.maps or None,
-            config.seed,
-            config.norm,
-            vis.display_mean,
-        )
+        images = vis.lookup({r["image_id"] for r in rows})  # only the shown maps' images are loaded
+        # rows hold the shown maps alone, so the figure takes all of them
+        paths = render.render_fig8(vis.net, rows, images, out, layers, maps=None, norm=config.norm,
+                                   mean=vis.display_mean)
         return {"pngs": {k: str(v) for k, v in paths.items()}}
 
     record = _vis_stage(context, settings, "fig8", config, [top9, model], build)
