@@ -5,7 +5,8 @@
 # Here (no GPU):
 #   bash benchmarks/source_size.sh stage NAME...  builds the sources (make_sources.py, under $SOURCES, unless built),
 #                                               stages sources NAME (imagenette, imagenette_imagewoof, mini_imagenet),
-#                                               Caltech-101 and the wheels as one hold; prints its calls ($SELECTION's)
+#                                               Caltech-101 and the wheels as one hold; prints its calls: `runs` of
+#                                               $SELECTION, or HOLD_STEP (e.g. "tables imagenette_imagewoof 9 '*fig8'")
 #   bash benchmarks/source_size.sh report DIR   after a hold: unpacks the archives brought back into DIR, writes
 #                                               source_size.json, its plots and the runs' records to $RESULTS
 # There (in a call's command):
@@ -62,7 +63,7 @@ SELECTION=${SELECTION:-*table7,*table4}   # what a hold materializes per source 
 WHEELS="python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl"
 PREFIX="export PYTHONPATH=/tmp/site:\$PWD PYTHONUNBUFFERED=1 &&"
 
-usage() { sed -n '2,25p' "$0" >&2; exit 2; }
+usage() { sed -n '2,26p' "$0" >&2; exit 2; }
 
 stage() {
     [ $# -ge 1 ] || usage
@@ -81,8 +82,10 @@ stage() {
         { echo "source_size.sh stage: bash benchmarks/stage.sh wheels dagster duckdb webdataset failed" >&2; exit 1; }
     local hold first later  # each run's log goes to $OUT/<source>_<step>.log, so it comes back even past the time limit
     hold=$(IFS=-; echo "${names[*]}")
-    # Under the 10-minute call limit with room for the pack; repeated until every source says done.
-    local step="RUN_LIMIT_S=540 bash benchmarks/source_size.sh runs all '$SELECTION' ${names[*]}; bash benchmarks/source_size.sh pack hold_$hold"
+    # Under the 10-minute call limit with room for the pack, and for the first call's last part and sources;
+    # repeated until every source says done.
+    local step="RUN_LIMIT_S=520 bash benchmarks/source_size.sh ${HOLD_STEP:-runs all '$SELECTION' ${names[*]}};"
+    step+=" bash benchmarks/source_size.sh pack hold_$hold"
     first="bash benchmarks/source_size.sh sources && cp benchmarks/reproduce/source_size_recipe.yaml $STUDY/recipe.yaml && $step"
     later=("$step  # again until each source's line says done")
     echo "hold $hold, every call with kind nvidia-h200, all in one batch (a pause of 30 s loses the machine):"
