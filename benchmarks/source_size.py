@@ -44,6 +44,7 @@ from zf_pipeline.io import read_record, write_bytes_atomic
 N_TRAIN = tables.TABLE7_N_TRAIN["caltech101"]  # 30/class: Table 7's Caltech-101 protocol and Table 4's row read
 TABLE4_KEYS = {"pretrained": "pretrained", "non-pretrained": "scratch"}
 TABLES = ("table7", "table4")
+ABLATIONS = ("table1", "table2")  # item 6's tables (source_size.sh tables), kept beside them when a hold ran them
 FIGURES = ("fig8", "fig3")  # kept beside the tables when a hold rendered them (SELECTION in source_size.sh)
 FIGURE_LAYERS = ("conv1", "conv2", "conv5")  # those reproduction.md shows; the rest stay in the archive
 
@@ -84,12 +85,13 @@ def gather(root: Path, px: int | None = None) -> dict:
 
 def kept_files(root: Path) -> list[Path]:
     """What :func:`gather` reads under ``root`` (records, result.json, the tables' Parquet files) with the learning
-    curve, the tables' Markdown and Fig. 8 / Fig. 3 (layers ``FIGURE_LAYERS``) where they ran: a copy of these redraws
-    the report and shows the runs."""
+    curve, the tables' Markdown, and Tables 1 / 2 and Fig. 8 / Fig. 3 (layers ``FIGURE_LAYERS``) where they ran: a
+    copy of these redraws the report and shows the runs."""
     present = set(recorded_assets(root))
-    recorded = [asset for asset in ("zfnet_model", "imagenet_train_shards", *TABLES, *FIGURES) if asset in present]
+    recorded = [asset for asset in ("zfnet_model", "imagenet_train_shards", *TABLES, *ABLATIONS, *FIGURES)
+                if asset in present]
     run = Path(record(root, "zfnet_model")["path"])
-    tables_read = [Path(record(root, asset)["path"]) for asset in TABLES if asset in recorded]
+    tables_read = [Path(record(root, asset)["path"]) for asset in (*TABLES, *ABLATIONS) if asset in recorded]
     files = [root / RECORDS / f"{asset}.json" for asset in recorded] + [run / "result.json", run / "learning_curve.png"]
     files += tables_read + [path.with_suffix(".md") for path in tables_read]
     files += [Path(png) for asset in FIGURES if asset in recorded
@@ -126,7 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("docs/results"), help="where the JSON and plots go")
     parser.add_argument("--keep", type=Path, help="copy what the report read of each source to KEEP/NAME, a root "
                                                   "this script reads again (NAME=KEEP/NAME)")
+    parser.add_argument("--keep-only", action="store_true", help="only the --keep copies, no JSON or plots (a hold "
+                                                                 "of Tables 1 and 2 alone, not a source-size point)")
     args = parser.parse_args(argv)
+    if args.keep_only and not args.keep:
+        parser.error("--keep-only needs --keep")
     px = {name: s["px"] for name, s in json.loads(args.sources.read_text()).items()} if args.sources else {}
     try:
         pairs = [run.split("=", 1) for run in args.runs]
@@ -140,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"source_size: {error}", file=sys.stderr)
         return 1
+    if args.keep_only:
+        print(f"kept {', '.join(name for name, _ in pairs)} under {args.keep}")
+        return 0
     write_bytes_atomic(args.out / "source_size.json", (json.dumps(study, indent=1) + "\n").encode())
     render.render_source_size_layers(study, args.out / "source_size_layers.png")
     render.render_source_size_classes(study, args.out / "source_size_classes.png")

@@ -9,6 +9,8 @@
 #                                               $SELECTION, or HOLD_STEP (e.g. "tables imagenette_imagewoof 9 '*fig8'")
 #   bash benchmarks/source_size.sh report DIR   after a hold: unpacks the archives brought back into DIR, writes
 #                                               source_size.json, its plots and the runs' records to $RESULTS
+#   bash benchmarks/source_size.sh report_tables DIR   after a `tables` hold: its records, Tables 1 and 2 and
+#                                               figures to $RESULTS/source_size/tables/NAME (the study untouched)
 # There (in a call's command):
 #   bash benchmarks/source_size.sh sources      the staged folders as sources (make_sources.py) in /tmp/zf/sources
 #   bash benchmarks/source_size.sh init [ARG]...  the init study (benchmarks/init_study.py ARGs, 6 recipes at once) on
@@ -63,7 +65,7 @@ SELECTION=${SELECTION:-*table7,*table4}   # what a hold materializes per source 
 WHEELS="python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl"
 PREFIX="export PYTHONPATH=/tmp/site:\$PWD PYTHONUNBUFFERED=1 &&"
 
-usage() { sed -n '2,26p' "$0" >&2; exit 2; }
+usage() { sed -n '2,28p' "$0" >&2; exit 2; }
 
 stage() {
     [ $# -ge 1 ] || usage
@@ -211,7 +213,21 @@ report() {  # a source missing from DIR's archives is read from the copy an earl
         --sources "$SOURCES/sources.json" --out "$results" --keep "$results/source_size"
 }
 
+report_tables() {  # a `tables` hold: its runs kept apart, so they never replace a source's study point
+    [ $# -eq 1 ] || usage
+    local dir=$1 archive name runs=() results=${RESULTS:-docs/results}
+    for archive in "$dir"/hold_*.tar.gz; do
+        [ -e "$archive" ] || { echo "source_size.sh report_tables: no hold_*.tar.gz in $dir" >&2; exit 1; }
+        tar xzf "$archive" -C "$dir"
+    done
+    for name in imagenette imagenette_imagewoof mini_imagenet; do
+        [ -d "$dir/$name/_records" ] && runs+=("$name=$dir/$name")
+    done
+    PYTHONPATH=. "${VENV_PYTHON:-.venv/bin/python}" benchmarks/source_size.py "${runs[@]}" \
+        --keep "$results/source_size/tables" --keep-only
+}
+
 case "${1:-}" in
-    stage | sources | init | run | runs | tables | pack | report) "$@" ;;
+    stage | sources | init | run | runs | tables | pack | report | report_tables) "$@" ;;
     *) usage ;;
 esac

@@ -179,20 +179,24 @@ def test_report_keeps_a_source_whose_table7_has_not_run(tmp_path, capsys):
 
 
 def test_report_keeps_what_it_read_and_redraws_from_the_copy(tmp_path):
-    """--keep copies each source's records, tables, result.json and the shown layers' figures; the checkpoints and
-    the other layers stay behind, and the copy alone gives the same report (a hold's machine and its outputs are
-    gone after the session)."""
+    """--keep copies each source's records, tables (Table 1 too), result.json and the shown layers' figures; the
+    checkpoints and the other layers stay behind, and the copy alone gives the same report (a hold's machine and
+    its outputs are gone after the session)."""
     run = write_run(tmp_path / "run", 20, 40.0, [50.0, 52.0])
     write_file(run / "train" / "f00" / "last.pt", b"a checkpoint")
     pngs = {layer: run / "fig8" / "h" / f"fig8_{layer}.png" for layer in ("conv1", "conv3")}
     for png in pngs.values():
         write_file(png, b"png")
     write_record(run / "_records" / "fig8.json", {"pngs": {layer: str(png) for layer, png in pngs.items()}}, run)
+    write_file(run / "table1" / "table1.parquet", b"parquet")  # item 6's table, read by no one here but kept
+    write_file(run / "table1" / "table1.md", b"| Table 1 |")
+    write_record(run / "_records" / "table1.json", {"path": str(run / "table1" / "table1.parquet")}, run)
     kept = tmp_path / "kept"
     assert source_size.main([f"src={run}", "--out", str(tmp_path / "a"), "--keep", str(kept)]) == 0
     assert (kept / "src" / "_records" / "table7.json").is_file() and (kept / "src" / "table7" / "table7.md").is_file()
     assert (kept / "src" / "fig8" / "h" / "fig8_conv1.png").read_bytes() == b"png"
     assert not (kept / "src" / "fig8" / "h" / "fig8_conv3.png").exists()
+    assert (kept / "src" / "table1" / "table1.md").read_bytes() == b"| Table 1 |"
     assert not (kept / "src" / "train" / "f00" / "last.pt").exists()
     shutil.rmtree(run)
 
@@ -207,3 +211,14 @@ def test_report_names_a_missing_record(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "_records/zfnet_model.json does not exist" in err and "materialize" in err
     assert source_size.main(["no-equals-sign", "--out", str(tmp_path / "out")]) == 1
+
+
+def test_keep_only_copies_a_tables_hold_and_writes_no_study(tmp_path):
+    """A hold of Tables 1 and 2 (source_size.sh report_tables) keeps its runs apart and leaves the study alone."""
+    run = write_run(tmp_path / "run", 20, 40.0, [50.0, 52.0])
+    out, kept = tmp_path / "out", tmp_path / "kept"
+    assert source_size.main([f"src={run}", "--out", str(out), "--keep", str(kept), "--keep-only"]) == 0
+    assert (kept / "src" / "_records" / "zfnet_model.json").is_file()
+    assert not (out / "source_size.json").exists() and not (out / "source_size_layers.png").exists()
+    with pytest.raises(SystemExit):
+        source_size.main([f"src={run}", "--out", str(out), "--keep-only"])
