@@ -198,13 +198,18 @@ pack() {
     echo "packed $(tar tzf "$OUT/$1.tar.gz" | wc -l) files into \$OUT/$1.tar.gz"
 }
 
+unpack() {  # DIR's hold archives, in name order: a later archive's records of a source win
+    local archive
+    for archive in "$1"/hold_*.tar.gz; do
+        [ -e "$archive" ] || { echo "source_size.sh: no hold_*.tar.gz in $1" >&2; exit 1; }
+        tar xzf "$archive" -C "$1"
+    done
+}
+
 report() {  # a source missing from DIR's archives is read from the copy an earlier report kept
     [ $# -eq 1 ] || usage
-    local dir=$1 archive name runs=() results=${RESULTS:-docs/results}
-    for archive in "$dir"/hold_*.tar.gz; do  # in name order: a later archive's records of a source win
-        [ -e "$archive" ] || { echo "source_size.sh report: no hold_*.tar.gz in $dir" >&2; exit 1; }
-        tar xzf "$archive" -C "$dir"
-    done
+    local dir=$1 name runs=() results=${RESULTS:-docs/results}
+    unpack "$dir"
     for name in imagenette imagenette_imagewoof mini_imagenet; do
         if [ -d "$dir/$name/_records" ]; then runs+=("$name=$dir/$name")
         elif [ -d "$results/source_size/$name/_records" ]; then runs+=("$name=$results/source_size/$name"); fi
@@ -215,14 +220,12 @@ report() {  # a source missing from DIR's archives is read from the copy an earl
 
 report_tables() {  # a `tables` hold: its runs kept apart, so they never replace a source's study point
     [ $# -eq 1 ] || usage
-    local dir=$1 archive name runs=() results=${RESULTS:-docs/results}
-    for archive in "$dir"/hold_*.tar.gz; do
-        [ -e "$archive" ] || { echo "source_size.sh report_tables: no hold_*.tar.gz in $dir" >&2; exit 1; }
-        tar xzf "$archive" -C "$dir"
-    done
+    local dir=$1 name runs=() results=${RESULTS:-docs/results}
+    unpack "$dir"
     for name in imagenette imagenette_imagewoof mini_imagenet; do
-        [ -d "$dir/$name/_records" ] && runs+=("$name=$dir/$name")
+        if [ -d "$dir/$name/_records" ]; then runs+=("$name=$dir/$name"); fi
     done
+    [ ${#runs[@]} -gt 0 ] || { echo "source_size.sh report_tables: no source's _records in $dir's archives" >&2; exit 1; }
     PYTHONPATH=. "${VENV_PYTHON:-.venv/bin/python}" benchmarks/source_size.py "${runs[@]}" \
         --keep "$results/source_size/tables" --keep-only
 }
