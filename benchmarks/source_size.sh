@@ -24,7 +24,7 @@
 #   bash benchmarks/source_size.sh tables NAME [JOBS] [ALSO]   Tables 1 and 2 (item 6) for source NAME, with ALSO
 #                                               (e.g. '*fig8,*fig3') in the same run, as `runs` does: every network
 #                                               with zfnet_model's recipe (CONFIG, then RECIPE), JOBS at once
-#                                               (9: Table 1's networks in one wave)
+#                                               (9: Table 1's networks in one wave); TABLES='*table1' (or 2) for one
 #   bash benchmarks/source_size.sh pack HOLD    the records, tables and result.json of every run -> $OUT/HOLD.tar.gz
 #
 # The plan: JPEGs travel, not shards. At 256 px q90 a shard holds 22 kB an image of Imagenette/Imagewoof (JPEGs:
@@ -159,7 +159,7 @@ jobs = int(sys.argv[3])
 print(json.dumps({"ops": {"table1": {"config": {**recipe, "jobs": jobs}},
                           "table2": {"config": {**recipe, "jobs": jobs}}}}))
 PY
-    runs tables "*table1,*table2${3:+,$3}" "$name" -- -c "$STUDY/tables.yaml"
+    runs tables "${TABLES:-*table1,*table2}${3:+,$3}" "$name" -- -c "$STUDY/tables.yaml"
 }
 
 runs() {  # run SELECTION for several sources at once; fails when any of them did, after all have ended
