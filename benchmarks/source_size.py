@@ -90,9 +90,11 @@ def kept_files(root: Path) -> list[Path]:
     present = set(recorded_assets(root))
     recorded = [asset for asset in ("zfnet_model", "imagenet_train_shards", *TABLES, *ABLATIONS, *FIGURES)
                 if asset in present]
-    run = Path(record(root, "zfnet_model")["path"])
     tables_read = [Path(record(root, asset)["path"]) for asset in (*TABLES, *ABLATIONS) if asset in recorded]
-    files = [root / RECORDS / f"{asset}.json" for asset in recorded] + [run / "result.json", run / "learning_curve.png"]
+    files = [root / RECORDS / f"{asset}.json" for asset in recorded]
+    if "zfnet_model" in recorded:  # a hold of Table 1 alone has none
+        run = Path(record(root, "zfnet_model")["path"])
+        files += [run / "result.json", run / "learning_curve.png"]
     files += tables_read + [path.with_suffix(".md") for path in tables_read]
     files += [Path(png) for asset in FIGURES if asset in recorded
               for layer, png in record(root, asset)["pngs"].items() if layer in FIGURE_LAYERS]
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         pairs = [run.split("=", 1) for run in args.runs]
         if any(len(pair) != 2 or not all(pair) for pair in pairs):
             raise ValueError(f"expected NAME=ROOT pairs, got {' '.join(args.runs)}")
-        study = {name: gather(Path(root).resolve(), px.get(name)) for name, root in pairs}
+        study = {} if args.keep_only else {name: gather(Path(root).resolve(), px.get(name)) for name, root in pairs}
         share_scratch(study)
         for name, root in pairs if args.keep else []:
             if Path(root).resolve() != (args.keep / name).resolve():

@@ -222,3 +222,11 @@ def test_keep_only_copies_a_tables_hold_and_writes_no_study(tmp_path):
     assert not (out / "source_size.json").exists() and not (out / "source_size_layers.png").exists()
     with pytest.raises(SystemExit):
         source_size.main([f"src={run}", "--out", str(out), "--keep-only"])
+
+    only_table1 = tmp_path / "only_table1"  # the two-hold fallback's first hold: Table 1, no zfnet_model yet
+    write_file(only_table1 / "table1" / "table1.md", b"| Table 1 |")
+    write_file(only_table1 / "table1" / "table1.parquet", b"parquet")
+    write_record(only_table1 / "_records" / "table1.json", {"path": str(only_table1 / "table1" / "table1.parquet")},
+                 only_table1)
+    assert source_size.main([f"t1={only_table1}", "--out", str(out), "--keep", str(kept), "--keep-only"]) == 0
+    assert (kept / "t1" / "table1" / "table1.md").read_bytes() == b"| Table 1 |"
