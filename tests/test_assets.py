@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import dagster as dg
+import pyarrow.parquet as pq
 import pytest
 
 import assets
@@ -114,6 +115,34 @@ def test_training_through_dagster_pipes_subprocess(tmp_path):
     record = settings.record("zfnet_model")
     assert Path(record["checkpoint"]).is_file() and record["final"]["epochs"] == 1
     assert record["final"]["val_center_n"] == 10 * TINY_DEMO["val_per_class"]
+
+
+@pytest.mark.slow
+def test_table2_fills_the_replication_row_with_table1s_krizhevsky_network(tmp_path):
+    """Table 2's "Our replication of Krizhevsky" row is Table 1's krizhevsky network: trained once, shared through
+    the run cache, its 10-crop errors in both tables; the ensemble's row counts its networks."""
+    settings = ZFSettings(output_root=str(tmp_path / "outputs"), device="cpu")
+    resources = {"settings": settings, "io_manager": JsonIOManager(base_dir=str(settings.out / "_records"))}
+    train_shards = assets.data.shard_asset("imagenet_train_shards", "imagenet", "train", "train")[0]
+    val_shards = assets.data.shard_asset("imagenet_val_shards", "imagenet", "val", "val")[0]
+    recipe = {"epochs": 1, "width": 0.125, "batch_size": 16}
+    config = dg.RunConfig({
+        "source_images": {"config": TINY_DEMO},
+        "zfnet_model": {"config": recipe},
+        "table1": {"config": {**recipe, "archs": ["krizhevsky", "ours"]}},
+        "table2": {"config": {**recipe, "models": 2}},
+    })
+    selection = [source_images, train_shards, val_shards, pixel_mean_image, zfnet_model, assets.training.table1,
+                 assets.training.table2]
+    assert dg.materialize(selection, resources=resources, run_config=config).success
+
+    t1 = {r["arch"]: r for r in pq.read_table(settings.record("table1")["path"]).to_pylist()}
+    t2 = {r["model"]: r for r in pq.read_table(settings.record("table2")["path"]).to_pylist()}
+    replication = t2["Our replication of (Krizhevsky et al., 2012), 1 convnet"]
+    assert replication["val_top1_err"] == t1["krizhevsky"]["val_top1_err"] is not None
+    assert t2["5 convnets as per Fig. 2"]["models"] == 2
+    runs = [json.loads(p.read_text())["arch"] for p in (settings.out / "train").glob("*/result.json")]
+    assert sorted(runs) == ["krizhevsky", "ours", "ours"]  # ours seeds 0 and 1; krizhevsky once
 
 
 def test_training_config_defaults_follow_the_data_and_explicit_values_win():
