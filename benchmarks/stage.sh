@@ -64,7 +64,7 @@ receive() {  # each part is deleted once read: the machine keeps ignored files b
     mkdir -p "$STAGED"
     local parts=(".carry/$name"/part-*-of-*)
     [ -e "${parts[0]}" ] || { echo "stage.sh receive: no .carry/$name/part-*-of-* in this call; carry one" >&2; exit 1; }
-    for p in $(for q in "${parts[@]}"; do i=${q##*/part-}; echo "${i%-of-*} $q"; done | sort -n | cut -d' ' -f2-); do
+    for p in $(printf '%s\n' "${parts[@]}" | sort -V); do  # part-2 before part-10
         local i=${p##*/part-}; i=${i%-of-*}; local n=${p##*-of-} expected
         [ "$i" = 1 ] && { rm -f "$tar"; echo "1 of $n" > "$tar.next"; }  # part 1 starts a staging afresh
         expected=$(cat "$tar.next" 2>/dev/null || echo "1 of ?")

@@ -27,7 +27,7 @@ def die_with_parent() -> None:
     """Have the kernel SIGKILL this process when the thread that started it exits (Linux; elsewhere nothing), so
     a ``kill -9`` of a run leaves no training child holding the GPU."""
     if sys.platform == "linux":
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _start(initializer: Callable[..., None] | None, initargs: tuple) -> None:
