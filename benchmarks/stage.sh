@@ -76,7 +76,9 @@ receive() {  # each part is deleted once read: the machine keeps ignored files b
         cat "$p" >> "$tar" && rm -f "$p"
         echo "$((i + 1)) of $n" > "$tar.next"
         if [ "$i" = "$n" ]; then
-            rm -rf "${STAGED:?}/$name" && mkdir -p "$STAGED/$name" && tar xf "$tar" -C "$STAGED/$name"
+            # unpacked beside, then renamed: a cut-off unpack never looks like a staged folder
+            rm -rf "${STAGED:?}/.$name.tmp" && mkdir -p "$STAGED/.$name.tmp" && tar xf "$tar" -C "$STAGED/.$name.tmp"
+            rm -rf "${STAGED:?}/$name" && mv "$STAGED/.$name.tmp" "$STAGED/$name"
             rm -f "$tar" "$tar.next"
             echo "ready: $STAGED/$name ($(du -sh "$STAGED/$name" | cut -f1))"
         else

@@ -59,6 +59,7 @@ def test_parts_received_in_order_unpack_the_data(repo, tmp_path):
     assert "ready:" in got.stdout
     assert (tmp_path / "staged" / "study" / "images" / "blob.bin").read_bytes() == (src / "blob.bin").read_bytes()
     assert not list((machine / ".carry" / "study").iterdir())  # each part deleted once read
+    assert sorted(p.name for p in (tmp_path / "staged").iterdir()) == ["study"]  # no tar or unpacking folder left
 
 
 def test_a_restaging_in_other_parts_is_not_mixed_with_the_last(repo, tmp_path):
