@@ -17,7 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
-import torch
 
 from assets.cache import cached_stage, code_version
 from assets.metadata import image_md, publish_table, record_md
@@ -101,6 +100,7 @@ def train_config(
         max_lr_drops=config.max_lr_drops or None,
         crop=DEMO_CROP if demo else PAPER_CROP,
         seed=over.get("seed", config.seed),
+        keep_epochs=over.get("keep_epochs", train.FIG3_EPOCHS),
         device=settings.torch_device(),
         loader=config.loader,
         cache_budget_gb=config.cache_budget_gb,
@@ -152,6 +152,15 @@ def train_all(
 
 def _run_in_process(settings: ZFSettings, cfg: train.TrainConfig, upstream: list[str], trainings: Trainings) -> dict:
     return run_training(None, settings, cfg, upstream, log=trainings.log, launch=trainings.train)
+
+
+def _table_run(
+    settings: ZFSettings, config: TrainingConfig, shards: tuple[str, str, str], arch: str, seed: int
+) -> train.TrainConfig:
+    """One of Table 1's or 2's networks. Only zfnet_model's own (its arch and seed, shared through the cache) keeps
+    Fig. 3's epoch snapshots: a table's networks would write 8 checkpoints of up to 1.8 GB each."""
+    keep = train.FIG3_EPOCHS if (arch, seed) == (config.arch, config.seed) else ()
+    return train_config(settings, config, *shards, arch=arch, seed=seed, keep_epochs=keep)
 
 
 def _training_inputs(train_shards: dict, val_shards: dict, mean: dict) -> tuple[tuple[str, str, str], list[str]]:
@@ -226,7 +235,7 @@ def table1(
     """Table 1: each architecture variant trained with the same recipe; train top-1, val top-1 / top-5
     error (10 crops) beside the paper's. Runs identical to zfnet_model's are shared through the cache."""
     shards, upstream = _training_inputs(imagenet_train_shards, imagenet_val_shards, pixel_mean_image)
-    cfgs = [train_config(settings, config, *shards, arch=arch) for arch in config.archs]
+    cfgs = [_table_run(settings, config, shards, arch, config.seed) for arch in config.archs]
     with settings.gpu_lock(context.log.info):
         runs = [r["path"] for r in train_all(context, settings, cfgs, upstream, config.launcher, config.jobs)]
     table, md = tables.table1_from_runs(runs)
@@ -261,23 +270,12 @@ def table2(
     network), beside the paper's numbers."""
     with settings.gpu_lock(context.log.info):
         shards, upstream = _training_inputs(imagenet_train_shards, imagenet_val_shards, pixel_mean_image)
-        cfgs = [train_config(settings, config, *shards, seed=config.seed + i) for i in range(1, config.models)]
+        cfgs = [_table_run(settings, config, shards, config.arch, config.seed + i) for i in range(1, config.models)]
         if config.replication:
-            cfgs.append(train_config(settings, config, *shards, arch="krizhevsky"))
+            cfgs.append(_table_run(settings, config, shards, "krizhevsky", config.seed))
         records = [zfnet_model] + train_all(context, settings, cfgs, upstream, config.launcher, config.jobs)
-        replication = records.pop()["final"] if config.replication else None
-        device = torch.device(settings.torch_device())
-        split = loader.open_split(imagenet_val_shards["path"])
-        mean = loader.load_mean(pixel_mean_image["file"], split.size).to(device)
-        crop, scale = records[0]["config"]["crop"], records[0]["config"]["input_scale"]
-        models = [checkpoint.load_model(r["checkpoint"], device) for r in records]
-
-        def batches():
-            return loader.make_source(split, 256, shuffle=False, device=device).epoch(0)
-
-        ensemble = evaluate.evaluate_ensemble(
-            models, batches, mean, crop, mode="ten", scale=scale, amp=device.type == "cuda"
-        )
+    replication = records.pop()["final"] if config.replication else None
+    ensemble = evaluate.ensemble_errors([Path(r["path"]) / train.PREDICTIONS for r in records])
     table, md = tables.table2(
         _ten_crop_errors(records[0]["final"]),
         {"val_top1_err": ensemble["top1_err"], "val_top5_err": ensemble["top5_err"], "models": config.models},

@@ -192,9 +192,10 @@ runs() {  # run SELECTION for several sources at once; fails when any of them di
 pack() {
     [ $# -eq 1 ] || usage
     mkdir -p "${OUT:?pack runs there, where \$OUT is set}"
+    # val_predictions.npz: Table 2's ensemble can be computed here again, without the networks
     (cd "$STUDY/out" && find . -type f \( -path '*/_records/*' -o -name result.json -o -name 'metrics.*' \
-        -o -name learning_curve.png -o -path './*/table[1247]/*' -o -name 'fig[38]*.png' \) -size -4M |
-        tar czf "$OUT/$1.tar.gz" -T -)
+        -o -name val_predictions.npz -o -name learning_curve.png -o -path './*/table[1247]/*' -o -name 'fig[38]*.png' \) \
+        -size -4M | tar czf "$OUT/$1.tar.gz" -T -)
     echo "packed $(tar tzf "$OUT/$1.tar.gz" | wc -l) files into \$OUT/$1.tar.gz"
 }
 

@@ -14,6 +14,8 @@ from assets.cache import cached_stage, fingerprint
 from assets.data import pixel_mean_image, source_images
 from assets.resources import JsonIOManager, ZFSettings
 from assets.training import zfnet_model
+from zf_pipeline.evaluate import ensemble_errors
+from zf_pipeline.train import PREDICTIONS
 
 TINY_DEMO = {"train_per_class": 6, "val_per_class": 5, "target_per_class": 4}
 
@@ -120,7 +122,8 @@ def test_training_through_dagster_pipes_subprocess(tmp_path):
 @pytest.mark.slow
 def test_table2_fills_the_replication_row_with_table1s_krizhevsky_network(tmp_path):
     """Table 2's "Our replication of Krizhevsky" row is Table 1's krizhevsky network: trained once, shared through
-    the run cache, its 10-crop errors in both tables; the ensemble's row counts its networks."""
+    the run cache, its 10-crop errors in both tables; the ensemble's row counts its networks and averages their
+    saved probabilities."""
     settings = ZFSettings(output_root=str(tmp_path / "outputs"), device="cpu")
     resources = {"settings": settings, "io_manager": JsonIOManager(base_dir=str(settings.out / "_records"))}
     train_shards = assets.data.shard_asset("imagenet_train_shards", "imagenet", "train", "train")[0]
@@ -141,8 +144,14 @@ def test_table2_fills_the_replication_row_with_table1s_krizhevsky_network(tmp_pa
     replication = t2["Our replication of (Krizhevsky et al., 2012), 1 convnet"]
     assert replication["val_top1_err"] == t1["krizhevsky"]["val_top1_err"] is not None
     assert t2["5 convnets as per Fig. 2"]["models"] == 2
+    ours = [p.parent / PREDICTIONS for p in (settings.out / "train").glob("*/result.json")
+            if json.loads(p.read_text())["arch"] == "ours"]
+    assert t2["5 convnets as per Fig. 2"]["val_top1_err"] == pytest.approx(ensemble_errors(ours)["top1_err"])
     runs = [json.loads(p.read_text())["arch"] for p in (settings.out / "train").glob("*/result.json")]
     assert sorted(runs) == ["krizhevsky", "ours", "ours"]  # ours seeds 0 and 1; krizhevsky once
+    # Fig. 3's epoch snapshots: zfnet_model's network alone keeps them, not the tables' others
+    snapshots = {p.parent for p in (settings.out / "train").glob("*/epoch_*.pt")}
+    assert snapshots == {Path(settings.record("zfnet_model")["path"])}
 
 
 def test_training_config_defaults_follow_the_data_and_explicit_values_win():

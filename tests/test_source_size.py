@@ -179,9 +179,9 @@ def test_report_keeps_a_source_whose_table7_has_not_run(tmp_path, capsys):
 
 
 def test_report_keeps_what_it_read_and_redraws_from_the_copy(tmp_path):
-    """--keep copies each source's records, tables (Table 1 too), result.json and the shown layers' figures; the
-    checkpoints and the other layers stay behind, and the copy alone gives the same report (a hold's machine and
-    its outputs are gone after the session)."""
+    """--keep copies each source's records, tables (Table 1 too, with every network's result.json), result.json and
+    the shown layers' figures; the checkpoints and the other layers stay behind, and the copy alone gives the same
+    report (a hold's machine and its outputs are gone after the session)."""
     run = write_run(tmp_path / "run", 20, 40.0, [50.0, 52.0])
     write_file(run / "train" / "f00" / "last.pt", b"a checkpoint")
     pngs = {layer: run / "fig8" / "h" / f"fig8_{layer}.png" for layer in ("conv1", "conv3")}
@@ -191,6 +191,7 @@ def test_report_keeps_what_it_read_and_redraws_from_the_copy(tmp_path):
     write_file(run / "table1" / "table1.parquet", b"parquet")  # item 6's table, read by no one here but kept
     write_file(run / "table1" / "table1.md", b"| Table 1 |")
     write_record(run / "_records" / "table1.json", {"path": str(run / "table1" / "table1.parquet")}, run)
+    write_file(run / "train" / "f01" / "result.json", b"{}")  # a network of Table 2, whose ensemble was cut short
     kept = tmp_path / "kept"
     assert source_size.main([f"src={run}", "--out", str(tmp_path / "a"), "--keep", str(kept)]) == 0
     assert (kept / "src" / "_records" / "table7.json").is_file() and (kept / "src" / "table7" / "table7.md").is_file()
@@ -198,6 +199,7 @@ def test_report_keeps_what_it_read_and_redraws_from_the_copy(tmp_path):
     assert not (kept / "src" / "fig8" / "h" / "fig8_conv3.png").exists()
     assert (kept / "src" / "table1" / "table1.md").read_bytes() == b"| Table 1 |"
     assert not (kept / "src" / "train" / "f00" / "last.pt").exists()
+    assert (kept / "src" / "train" / "f01" / "result.json").read_bytes() == b"{}"
     shutil.rmtree(run)
 
     assert source_size.main([f"src={kept / 'src'}", "--out", str(tmp_path / "b"), "--keep", str(kept)]) == 0

@@ -17,11 +17,11 @@ from shard_writer import write_mean, write_split
 from torch import nn
 
 from zf_pipeline.data.loader import DecodedCache, ShardFormatError, augment, load_mean, open_split
-from zf_pipeline.evaluate import eval_crops, evaluate, evaluate_ensemble, topk_errors
+from zf_pipeline.evaluate import ensemble_errors, eval_crops, save_predictions, topk_errors
 from zf_pipeline.models.checkpoint import load_checkpoint
 from zf_pipeline.models.zfnet import filter_renormalizer, kaiming_init, renormalize_filters
 from zf_pipeline.tables import TABLE1_LABELS, TABLE1_ORDERINGS, orderings, table1, table2
-from zf_pipeline.train import TrainConfig, make_step, parse_args, train
+from zf_pipeline.train import PREDICTIONS, TrainConfig, make_step, parse_args, train
 
 SIZE, CROP = 72, 64  # the smallest input ZFNet's stride-4 conv1 and three poolings accept is 63 px
 CLASSES = ["red", "green", "blue"]
@@ -121,23 +121,31 @@ def test_ten_crop_averages_corners_center_and_flips():
     assert torch.allclose(center[0], torch.tensor([0.5, 0.5]))
 
 
-def test_ensemble_averages_member_probabilities():
-    images = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
-    images[:2, 0, 0, 0] = 1
-    images[2:, 0, 0, -1] = 1
+def test_ensemble_averages_the_members_saved_probabilities(tmp_path):
     labels = torch.tensor([0, 0, 1, 1])
-    good, bad = _Probe(), nn.Sequential(_Probe(), nn.Flatten(), _Negate())
-    batches = lambda: [(images, labels)]  # noqa: E731
-    mean = torch.zeros(3, 8, 8)
-    assert evaluate(good, batches(), mean, 8, "center")["top1_err"] == 0
-    assert evaluate(bad, batches(), mean, 8, "center")["top1_err"] == 100
-    ens = evaluate_ensemble([good, good, bad], batches, mean, 8, "center")
-    assert ens["top1_err"] == 0 and ens["models"] == 3
+    good = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.4, 0.6]])
+    bad = 1 - good  # wrong on every image, but less sure than good twice over
+    members = (("a", good), ("b", good), ("c", bad))
+    paths = [save_predictions(tmp_path / f"{name}.npz", p, labels) for name, p in members]
+    assert topk_errors(bad, labels, (1,))["top1_err"] == 100
+    ens = ensemble_errors(paths)
+    assert ens["top1_err"] == 0 and (ens["models"], ens["n"]) == (3, 4)
+    assert ensemble_errors(paths[2:])["top1_err"] == 100
 
 
-class _Negate(nn.Module):
-    def forward(self, x):
-        return -x
+def test_ensemble_refuses_members_tested_on_other_images_and_foreign_files(tmp_path):
+    probs = torch.full((4, 2), 0.5)
+    a = save_predictions(tmp_path / "a.npz", probs, torch.tensor([0, 0, 1, 1]))
+    b = save_predictions(tmp_path / "b.npz", probs, torch.tensor([0, 1, 0, 1]))
+    c = save_predictions(tmp_path / "c.npz", probs, torch.tensor([0, 0, 1, 1]), ranks=2)
+    for other in (b, c):
+        with pytest.raises(ValueError, match=f"{other}: its images differ from {a}"):
+            ensemble_errors([a, other])
+    (tmp_path / "x.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="x.npz: not a predictions file"):
+        ensemble_errors([tmp_path / "x.npz"])
+    with pytest.raises(FileNotFoundError, match="missing.npz: no predictions file"):
+        ensemble_errors([tmp_path / "missing.npz"])
 
 
 # ---- training
@@ -170,6 +178,36 @@ def test_training_writes_checkpoints_metrics_and_learns(data, tmp_path):
     assert final == result.final
     state = load_checkpoint(tmp_path / "epoch_002.pt")
     assert state["epoch"] == 2 and state["train_config"]["arch"] == "krizhevsky"
+    alone = ensemble_errors([tmp_path / PREDICTIONS])  # the 10-crop test's probabilities, kept for Table 2
+    assert (alone["top1_err"], alone["top5_err"], alone["n"]) == pytest.approx(
+        (final["val_10crop_top1_err"], final["val_10crop_top5_err"], 18))
+
+
+def test_a_run_without_room_for_its_checkpoints_fails_before_training(data, tmp_path, monkeypatch):
+    import shutil as shutil_module
+
+    usage = shutil_module.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda path: usage._replace(free=10_000))
+    with pytest.raises(OSError, match=rf"{tmp_path}: 0.0 GB free, but krizhevsky's checkpoints .* 2 Fig. 3 snapshots"):
+        train(_config(data, tmp_path, epochs=1))  # keeps epoch 1 and, stopped or not, its last
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_a_checkpoint_cut_short_by_a_full_disk_says_so_and_leaves_nothing(tmp_path, monkeypatch):
+    from zf_pipeline.models import build, checkpoint, variant
+
+    def short_write(state, f):
+        Path(f).write_bytes(b"PK")  # what torch's zip writer reports when the disk fills mid-file
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 149184 vs 149072")
+
+    monkeypatch.setattr(checkpoint.torch, "save", short_write)
+    net = build(variant("krizhevsky", num_classes=3, width=0.0625, input_size=CROP))
+    with pytest.raises(OSError, match=r"last.pt: the checkpoint could not be written, the disk .* is full"):
+        checkpoint.save_checkpoint(tmp_path / "last.pt", net, net.config, epoch=1)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(checkpoint.torch, "save", lambda state, f: 1 / 0)
+    with pytest.raises(ZeroDivisionError):  # other failures pass through unchanged
+        checkpoint.save_checkpoint(tmp_path / "last.pt", net, net.config, epoch=1)
 
 
 def test_checkpoint_every_writes_on_its_epochs_the_kept_ones_and_the_last(data, tmp_path, monkeypatch):
@@ -411,6 +449,9 @@ def test_ddp_with_two_gloo_processes_keeps_ranks_in_step(data, tmp_path):
     assert all(torch.equal(r0[k], r1[k]) for k in r0)  # gradients were all-reduced every step
     final = json.loads((tmp_path / "run" / "result.json").read_text())
     assert final["val_10crop_n"] == 18  # both ranks' val shards counted once
+    # the 10-crop probabilities of both ranks' images, gathered on rank 0: an ensemble of one gives the run's errors
+    alone = ensemble_errors([tmp_path / "run" / PREDICTIONS])
+    assert alone["n"] == 18 and alone["top1_err"] == pytest.approx(final["val_10crop_top1_err"])
     rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 1 and json.loads(rows[0])["img_per_s"] > 0
 

@@ -2,16 +2,22 @@
 
 Section 3.1: test images are the 256x256 center region minus the per-pixel mean, cut into 10 sub-crops
 of 224x224 (4 corners + center, each with its horizontal flip); the softmax probabilities of the crops
-are averaged. Table 2's ensembles average the probabilities of several networks the same way.
+are averaged. Table 2's ensembles average the probabilities of several networks the same way, from the
+probabilities each run saved (:func:`save_predictions`), so an ensemble needs neither the networks nor the images.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import os
+from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
+
+from zf_pipeline.io import atomic_path
 
 
 def topk_correct(scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[int, int]:
@@ -74,37 +80,42 @@ def predict(
     return torch.cat(probs), torch.cat(labels)
 
 
-def evaluate(
-    model: nn.Module,
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    mean: torch.Tensor,
-    crop: int,
-    mode: str = "ten",
-    scale: float = 1.0,
-    amp: bool = False,
-) -> dict[str, float]:
-    """Top-1 / top-5 error (%) of one network with center or 10-crop testing, plus the image count ``n``."""
-    probs, labels = predict(model, batches, mean, crop, mode, scale, amp)
-    return {**topk_errors(probs, labels), "n": len(labels)}
+def save_predictions(path: str | os.PathLike, probs: torch.Tensor, labels: torch.Tensor, ranks: int = 1) -> Path:
+    """A run's crop-averaged validation probabilities (float16) and labels, as an ``.npz`` that Table 2's
+    ensembles average without the networks or the images; ``ranks``: the DDP ranks whose shards, in rank
+    order, gave the image order."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:  # np.savez would append ".npz" to the temporary name
+            np.savez(f, probs=probs.cpu().to(torch.float16).numpy(), labels=labels.cpu().numpy(),
+                     ranks=np.int64(ranks))
+    return Path(path)
 
 
-def evaluate_ensemble(
-    models: Sequence[nn.Module],
-    batches_fn: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
-    mean: torch.Tensor,
-    crop: int,
-    mode: str = "ten",
-    scale: float = 1.0,
-    amp: bool = False,
-) -> dict[str, float]:
-    """Table 2's "N convnets": the networks' (crop-averaged) probabilities averaged, then top-1 / top-5 error.
+def load_predictions(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """What :func:`save_predictions` wrote (no pickles); a clear error for a missing or foreign file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no predictions file there (a run writes it with its final 10-crop test)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in ("probs", "labels", "ranks")}
+    except (KeyError, ValueError, OSError) as e:
+        raise ValueError(f"{path}: not a predictions file (expected probs, labels and ranks arrays): {e}") from e
 
-    ``batches_fn()`` returns a fresh pass over the same images in the same order for each network.
-    """
-    total, labels = None, None
-    for model in models:
-        probs, y = predict(model, batches_fn(), mean, crop, mode, scale, amp)
-        if labels is not None and not torch.equal(labels, y):
-            raise ValueError("ensemble members saw the images in different orders; batches_fn must be deterministic")
-        total, labels = (probs if total is None else total + probs), y
-    return {**topk_errors(total / len(models), labels), "n": len(labels), "models": len(models)}
+
+def ensemble_errors(paths: Sequence[str | os.PathLike]) -> dict[str, float]:
+    """Table 2's "N convnets": the networks' saved (crop-averaged) probabilities averaged, then top-1 / top-5
+    error. Every member must have seen the same images in the same order."""
+    if not paths:
+        raise ValueError("an ensemble needs at least one member's predictions")
+    first = load_predictions(paths[0])
+    total = first["probs"].astype(np.float32)
+    for path in paths[1:]:
+        member = load_predictions(path)
+        if member["probs"].shape != total.shape or not np.array_equal(member["labels"], first["labels"]) \
+                or member["ranks"] != first["ranks"]:
+            raise ValueError(f"{path}: its images differ from {paths[0]}'s (count, labels or order); an ensemble's "
+                             f"members must be tested on one validation split by one number of ranks")
+        total += member["probs"]
+    scores = torch.from_numpy(total / len(paths))
+    return {**topk_errors(scores, torch.from_numpy(first["labels"])), "n": len(first["labels"]), "models": len(paths)}

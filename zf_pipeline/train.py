@@ -5,7 +5,8 @@
 
 The run folder gets ``last.pt`` every epoch (a killed run resumes from it), ``epoch_NNN.pt`` for the
 epochs that the feature-evolution figure (Fig. 3) shows, ``metrics.jsonl`` / ``metrics.parquet`` (one
-row per epoch), ``result.json`` (final center and 10-crop errors, train error) and ``learning_curve.png``.
+row per epoch), ``result.json`` (final center and 10-crop errors, train error), ``val_predictions.npz`` (the
+10-crop probabilities of every validation image) and ``learning_curve.png``.
 """
 
 from __future__ import annotations
@@ -33,15 +34,23 @@ from torch import nn
 from zf_pipeline.analysis.filters import high_frequency_summary, median_high_frequency_share
 from zf_pipeline.data.loader import crop_draws, crop_flip, epoch_seed, load_mean, make_source, open_split
 from zf_pipeline.distributed import dist_env
-from zf_pipeline.evaluate import predict, topk_correct
+from zf_pipeline.evaluate import predict, save_predictions, topk_correct
 from zf_pipeline.io import atomic_path, write_bytes_atomic
-from zf_pipeline.models.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from zf_pipeline.models.checkpoint import (
+    check_free_space,
+    checkpoint_bytes,
+    load_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+)
 from zf_pipeline.models.zfnet import ZFNet, build, filter_renormalizer, init_weights, kaiming_init, variant
 
 log = logging.getLogger(__name__)
 
 # Fig. 3 shows the strongest activations at these epochs: their checkpoints are kept.
 FIG3_EPOCHS = (1, 2, 5, 10, 20, 30, 40, 64)
+# The final 10-crop test's probabilities per validation image, in a run's folder (Table 2's ensembles)
+PREDICTIONS = "val_predictions.npz"
 
 
 @dataclass
@@ -180,12 +189,33 @@ def _all_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
-def _errors(net: nn.Module, source, mean, cfg: TrainConfig, mode: str, amp: bool) -> dict[str, float]:
-    """Top-1/5 error (%) over the whole split, summed across DDP ranks."""
+def _errors(net: nn.Module, source, mean, cfg: TrainConfig, mode: str, amp: bool,
+            keep: Path | None = None) -> dict[str, float]:
+    """Top-1/5 error (%) over the whole split, summed across DDP ranks; with ``keep``, rank 0 saves every
+    rank's probabilities there (Table 2's ensembles average them)."""
     probs, labels = predict(net, source.epoch(0), mean, cfg.crop, mode, cfg.input_scale, amp)
+    if keep is not None:
+        probs_all, labels_all = _gather_rows(probs), _gather_rows(labels)
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            save_predictions(keep, probs_all, labels_all, dist.get_world_size() if dist.is_initialized() else 1)
     c = topk_correct(probs, labels)
     c1, c5, n = _all_sum([c[1], c[5], len(labels)], mean.device)
     return {"top1_err": 100 * (1 - c1 / n), "top5_err": 100 * (1 - c5 / n), "n": int(n)}
+
+
+def _gather_rows(t: torch.Tensor) -> torch.Tensor:
+    """Every DDP rank's rows of ``t`` in rank order (ranks may hold different counts); ``t`` without DDP."""
+    if not dist.is_initialized():
+        return t
+    count = torch.tensor([len(t)], device=t.device)
+    counts = [torch.zeros_like(count) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, count)
+    sizes = [int(c) for c in counts]
+    padded = torch.zeros((max(sizes), *t.shape[1:]), dtype=t.dtype, device=t.device)
+    padded[: len(t)] = t
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:size] for part, size in zip(parts, sizes)])
 
 
 def write_metrics(out: Path, metrics: list[dict]) -> None:
@@ -286,6 +316,12 @@ def train(cfg: TrainConfig) -> RunResult:
         set_rng_state({"cpu": rng["cpu"].cpu(), **({"cuda": [t.cpu() for t in rng["cuda"]]} if "cuda" in rng else {})})
         start, metrics = state["epoch"], state["metrics"]
         log.info("resumed %s at epoch %d", last, start)
+    # last.pt, its temporary copy while it is rewritten, the snapshots still to come (and one more for a stop)
+    snapshots = sum(start < e <= cfg.epochs for e in set(cfg.keep_epochs)) + bool(cfg.keep_epochs)
+    size = checkpoint_bytes(net)
+    check_free_space(out, (2 + snapshots) * size,
+                     f"{cfg.arch}'s checkpoints (last.pt, its temporary copy and {snapshots} Fig. 3 snapshots, "
+                     f"{size / 1e9:.2f} GB each)")
     drops = metrics[-1].get("lr_drops", 0) if metrics else 0
     stopped = cfg.max_lr_drops is not None and drops >= cfg.max_lr_drops  # a resumed run that had ended
 
@@ -375,7 +411,7 @@ def train(cfg: TrainConfig) -> RunResult:
         final = _final(net, val_src, train_split_src(split, cfg, src), mean, cfg, amp)
         if rank == 0:
             hf = high_frequency_summary(net)
-            final.update(arch=cfg.arch, epochs=cfg.epochs, epochs_run=len(metrics), lr_drops=drops,
+            final.update(arch=cfg.arch, seed=cfg.seed, epochs=cfg.epochs, epochs_run=len(metrics), lr_drops=drops,
                          conv1_hf_median=hf["median"], conv1_hf=hf, images_train=split.num_images,
                          images_val=val_split.num_images)
             write_bytes_atomic(out / "result.json", json.dumps(final, indent=1).encode())
@@ -396,10 +432,12 @@ def train_split_src(split, cfg: TrainConfig, src: dict):
 
 
 def _final(net, val_src, train_src, mean, cfg: TrainConfig, amp: bool) -> dict:
-    """Final errors: val center crop, val 10 crops, and train (center crop, eval mode) as in Table 1."""
+    """Final errors: val center crop, val 10 crops (their probabilities kept in ``PREDICTIONS``), and train
+    (center crop, eval mode) as in Table 1."""
     final = {f"val_center_{k}": v for k, v in _errors(net, val_src, mean, cfg, "center", amp).items()}
     if cfg.final_ten_crop:
-        final.update({f"val_10crop_{k}": v for k, v in _errors(net, val_src, mean, cfg, "ten", amp).items()})
+        ten = _errors(net, val_src, mean, cfg, "ten", amp, keep=Path(cfg.out) / PREDICTIONS)
+        final.update({f"val_10crop_{k}": v for k, v in ten.items()})
     if train_src is not None:
         final.update({f"train_center_{k}": v for k, v in _errors(net, train_src, mean, cfg, "center", amp).items()})
     log.info("final: %s", final)

@@ -8,7 +8,9 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts (no p
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +65,30 @@ def save_checkpoint(
         "rng": rng_state(),
         "metrics": list(metrics or []),
     }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    except (OSError, RuntimeError) as e:
+        # torch.save reports a short write (a full disk or quota) as "unexpected pos", without its errno
+        if getattr(e, "errno", None) not in (errno.ENOSPC, errno.EDQUOT) and "unexpected pos" not in str(e):
+            raise
+        free = shutil.disk_usage(Path(path).parent).free
+        raise OSError(errno.ENOSPC, f"{path}: the checkpoint could not be written, the disk (or its quota) is full: "
+                                    f"{free / 1e9:.1f} GB free there; {e}") from e
     return Path(path)
+
+
+def checkpoint_bytes(model: nn.Module) -> int:
+    """About the size of one of ``model``'s checkpoints: its fp32 weights and SGD's momentum buffers."""
+    return 2 * sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def check_free_space(folder: str | os.PathLike, need: int, what: str) -> None:
+    """Fail at once, naming ``folder``, when its disk has less than ``need`` bytes free for ``what``, instead of
+    failing when a write comes up short."""
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise OSError(errno.ENOSPC, f"{folder}: {free / 1e9:.1f} GB free, but {what} need about {need / 1e9:.1f} GB")
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
