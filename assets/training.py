@@ -280,6 +280,7 @@ def table2(
         _ten_crop_errors(records[0]["final"]),
         {"val_top1_err": ensemble["top1_err"], "val_top5_err": ensemble["top5_err"], "models": config.models},
         _ten_crop_errors(replication) if replication else None,
+        [_ten_crop_errors(r["final"]) for r in records],
     )
     return {
         **publish_table(context, settings.out / "table2", "table2", table, md),

@@ -505,7 +505,10 @@ def test_tables_put_the_papers_numbers_beside_ours(tmp_path):
     t2, md2 = table2(
         {"val_top1_err": 20.0, "val_top5_err": 5.0}, {"val_top1_err": 18.0, "val_top5_err": 4.0, "models": 5}
     )
-    assert len(t2) >= 4 and "36.6" in md2 and "18.0" in md2
+    assert len(t2) >= 4 and "36.6" in md2 and "18.0" in md2 and "networks alone" not in md2
+    members = [{"val_top1_err": e, "val_top5_err": 5.0} for e in (20.0, 21.0, 22.0)]
+    _, md3 = table2({"val_top1_err": 20.0, "val_top5_err": 5.0}, None, None, members)
+    assert "The ensemble's 3 networks alone: val top-1 error 21.00 +- 1.00 (min 20.00, max 22.00)" in md3
 
 
 def test_the_papers_orderings_are_checked_on_our_rows_and_on_its_own():
