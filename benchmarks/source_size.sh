@@ -197,10 +197,11 @@ pack() {
     [ $# -eq 1 ] || usage
     mkdir -p "${OUT:?pack runs there, where \$OUT is set}"
     # val_predictions.npz: Table 2's ensemble can be computed here again, without the networks
-    (cd "$STUDY/out" && find . -type f \( -path '*/_records/*' -o -name result.json -o -name 'metrics.*' \
-        -o -name val_predictions.npz -o -name learning_curve.png -o -path './*/table[1247]/*' -o -name 'fig[38]*.png' \) \
-        -size -4M | tar czf "$OUT/$1.tar.gz" -T -)
+    local kept=(-type f \( -path '*/_records/*' -o -name result.json -o -name 'metrics.*' -o -name val_predictions.npz
+                -o -name learning_curve.png -o -path './*/table[1247]/*' -o -name 'fig[38]*.png' \))
+    (cd "$STUDY/out" && find . "${kept[@]}" -size -4M | tar czf "$OUT/$1.tar.gz" -T -)
     echo "packed $(tar tzf "$OUT/$1.tar.gz" | wc -l) files into \$OUT/$1.tar.gz"
+    (cd "$STUDY/out" && find . "${kept[@]}" -size +4M -printf 'left out of the pack (over 4 MiB): %p\n')
 }
 
 unpack() {  # DIR's hold archives, in name order: a later archive's records of a source win
