@@ -50,6 +50,11 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def stage_dir(root: Path, stage: str, key: list[Any]) -> Path:
+    """The folder :func:`cached_stage` builds (or finds) for ``stage`` with ``key``; complete when it holds DONE."""
+    return Path(root).resolve() / stage / fingerprint(stage, *key)
+
+
 def cached_stage(
     root: Path,
     stage: str,
@@ -62,8 +67,8 @@ def cached_stage(
     ``build`` returns a JSON-serialisable summary; the returned record adds ``path``,
     ``fingerprint``, ``cached`` (whether this call was a cache hit) and ``seconds``.
     """
-    fp = fingerprint(stage, *key)
-    out = Path(root).resolve() / stage / fp
+    out = stage_dir(root, stage, key)
+    fp = out.name
     done = out / DONE
     if not done.exists():
         with folder_lock(out, waiting=lambda pid: log(f"{stage}: waiting for {out}, being built by pid {pid}")):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.cache import cached_stage, code_version
+from assets.cache import DONE, cached_stage, code_version, stage_dir
 from assets.metadata import image_md, publish_table, record_md
 from assets.parallel import Trainings, at_once, train_flags
 from assets.resources import ZFSettings
@@ -121,10 +121,6 @@ def run_training(
 ) -> dict:
     """Train (or find in the cache, or resume) one network; returns the run's record. ``launch`` (given by
     :func:`train_all`) replaces ``launcher``: it trains the run folder's config however it likes."""
-    key_cfg = {
-        k: v for k, v in cfg.to_dict().items() if k not in ("shards", "val_shards", "mean", "out", "device", "workers")
-    }
-
     def build(out: Path) -> dict:
         run = dataclasses.replace(cfg, out=str(out))
         if launch is not None:
@@ -136,7 +132,13 @@ def run_training(
         result = json.loads((out / "result.json").read_text())
         return {"arch": cfg.arch, "final": result, "checkpoint": str(out / "last.pt"), "config": run.to_dict()}
 
-    return cached_stage(settings.out, "train", [TRAIN_CODE, key_cfg, *upstream], build, log or context.log.info)
+    return cached_stage(settings.out, "train", _train_key(cfg, upstream), build, log or context.log.info)
+
+
+def _train_key(cfg: train.TrainConfig, upstream: list[str]) -> list:
+    """A run's cache key: what changes the network it trains (not where its files or workers are)."""
+    where = ("shards", "val_shards", "mean", "out", "device", "workers")
+    return [TRAIN_CODE, {k: v for k, v in cfg.to_dict().items() if k not in where}, *upstream]
 
 
 def train_all(
@@ -145,6 +147,9 @@ def train_all(
 ) -> list[dict]:
     """:func:`run_training` for each of ``cfgs``, in order; with ``jobs`` > 1 that many at once
     (:func:`assets.parallel.at_once`, each run's log in its folder's ``train.log``)."""
+    # Each run checks its own room, but the runs' checkpoints stay side by side: all of them must fit
+    pending = [c for c in cfgs if not (stage_dir(settings.out, "train", _train_key(c, upstream)) / DONE).exists()]
+    train.check_disk(pending, settings.out)
     if jobs <= 1:
         return [run_training(context, settings, c, upstream, launcher, dg.PipesSubprocessClient()) for c in cfgs]
     return at_once(context, [functools.partial(_run_in_process, settings, c, upstream) for c in cfgs], jobs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ from zf_pipeline.evaluate import ensemble_errors, eval_crops, save_predictions, 
 from zf_pipeline.models.checkpoint import load_checkpoint
 from zf_pipeline.models.zfnet import filter_renormalizer, kaiming_init, renormalize_filters
 from zf_pipeline.tables import TABLE1_LABELS, TABLE1_ORDERINGS, orderings, table1, table2
-from zf_pipeline.train import PREDICTIONS, TrainConfig, make_step, parse_args, train
+from zf_pipeline.train import PREDICTIONS, TrainConfig, disk_needed, make_step, parse_args, train
 
 SIZE, CROP = 72, 64  # the smallest input ZFNet's stride-4 conv1 and three poolings accept is 63 px
 CLASSES = ["red", "green", "blue"]
@@ -188,8 +189,8 @@ def test_a_run_without_room_for_its_checkpoints_fails_before_training(data, tmp_
 
     usage = shutil_module.disk_usage(tmp_path)
     monkeypatch.setattr(shutil_module, "disk_usage", lambda path: usage._replace(free=10_000))
-    with pytest.raises(OSError, match=rf"{tmp_path}: 0.0 GB free, but krizhevsky's checkpoints .* 2 Fig. 3 snapshots"):
-        train(_config(data, tmp_path, epochs=1))  # keeps epoch 1 and, stopped or not, its last
+    with pytest.raises(OSError, match=rf"{tmp_path}: 0.0 GB free, but krizhevsky's checkpoints need about"):
+        train(_config(data, tmp_path, epochs=1))
     assert not (tmp_path / "metrics.jsonl").exists()
 
 
@@ -382,10 +383,43 @@ def test_tables_1_and_2_train_their_networks_at_once_in_processes_of_their_own(d
     again = train_all(context, settings, cfgs, ["upstream"], "inprocess", jobs=2)
     assert [r["fingerprint"] for r in again] == [r["fingerprint"] for r in records] and all(r["cached"] for r in again)
 
-    bad = [_config(data, "", epochs=1, seed=4, **FAST), _config(data, "", epochs=1, arch="nonsense", **FAST)]
-    with pytest.raises(RuntimeError, match=r"training nonsense .* failed with exit code 1; its log: .*train\.log"):
+    bad = [_config(data, "", epochs=1, seed=4, **FAST), _config(data, "", epochs=1, init="nonsense", **FAST)]
+    with pytest.raises(RuntimeError, match=r"training krizhevsky .* failed with exit code 1; its log: .*train\.log"):
         train_all(context, settings, bad, ["upstream"], "inprocess", jobs=2)
     assert train_all(context, settings, bad[:1], ["upstream"], "inprocess", jobs=2)[0]["cached"]  # it finished
+
+
+def test_networks_trained_together_need_room_for_all_their_checkpoints_before_any_starts(data, tmp_path, monkeypatch):
+    import shutil as shutil_module
+
+    from assets.resources import ZFSettings
+    from assets.training import train_all
+
+    context = type("Context", (), {"log": type("Log", (), {"info": staticmethod(lambda m: None)})})()
+    settings = ZFSettings(output_root=str(tmp_path), device="cpu")
+    cfgs = [_config(data, "", epochs=1, seed=seed, **FAST) for seed in (1, 2)]
+    one = disk_needed(cfgs[0], len(CLASSES))
+    real = shutil_module.disk_usage
+    free = {"bytes": int(1.5 * one)}  # room for one run's checkpoints, not two
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda path: real(path)._replace(free=free["bytes"]))
+    with pytest.raises(OSError, match=rf"{tmp_path}: .* GB free, but 2 runs' checkpoints need about"):
+        train_all(context, settings, cfgs, ["upstream"], "inprocess", jobs=2)
+    assert not (tmp_path / "train").exists()  # nothing started
+    free["bytes"] = 10**12
+    train_all(context, settings, cfgs, ["upstream"], "inprocess", jobs=2)
+    free["bytes"] = 0  # finished runs need no room: a cached re-run goes through on a full disk
+    assert all(r["cached"] for r in train_all(context, settings, cfgs, ["upstream"], "inprocess", jobs=2))
+
+
+def test_the_checkpoint_estimate_matches_what_a_run_writes(data, tmp_path):
+    from zf_pipeline.models.checkpoint import checkpoint_bytes
+
+    cfg = _config(data, tmp_path, epochs=3, **{**FAST, "keep_epochs": (1, 2, 64)})
+    size = checkpoint_bytes(train(cfg).model)
+    assert 0.95 < (tmp_path / "last.pt").stat().st_size / size < 1.05
+    assert disk_needed(cfg, len(CLASSES)) == (2 + 2 + 1) * size  # epochs 1 and 2 (64 is past the end), and a stop's
+    assert disk_needed(cfg, len(CLASSES), start=1) == (2 + 1 + 1) * size
+    assert disk_needed(dataclasses.replace(cfg, keep_epochs=()), len(CLASSES)) == 2 * size
 
 
 def test_plateau_drops_stop_at_the_floor(data, tmp_path, monkeypatch):

@@ -19,7 +19,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -256,6 +256,25 @@ def plot_learning_curve(metrics: list[dict], path: str | os.PathLike, title: str
     return Path(path)
 
 
+def disk_needed(cfg: TrainConfig, num_classes: int, start: int = 0) -> int:
+    """Bytes a run's checkpoints take at most from epoch ``start`` on: last.pt, its temporary copy while it is
+    rewritten, and the Fig. 3 snapshots still to come (one more where a stop ends the run)."""
+    arch = variant(cfg.arch, num_classes=num_classes, width=cfg.width, input_size=cfg.crop)
+    with torch.device("meta"):  # the parameters' shapes, no memory
+        size = checkpoint_bytes(ZFNet(arch))
+    snapshots = sum(start < e <= cfg.epochs for e in set(cfg.keep_epochs)) + bool(cfg.keep_epochs)
+    return (2 + snapshots) * size
+
+
+def check_disk(cfgs: Sequence[TrainConfig], folder: str | os.PathLike) -> None:
+    """Fail at once when ``folder``'s disk cannot hold the checkpoints of all ``cfgs`` side by side (runs trained
+    together, or one after another: each keeps its own)."""
+    if cfgs:
+        need = sum(disk_needed(c, len(open_split(c.shards).classes)) for c in cfgs)
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        check_free_space(folder, need, f"{len(cfgs)} runs' checkpoints")
+
+
 def resolve_device(name: str) -> torch.device:
     """A TrainConfig's ``device``: 'auto' is cuda when one is visible, else the CPU."""
     return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
@@ -316,12 +335,7 @@ def train(cfg: TrainConfig) -> RunResult:
         set_rng_state({"cpu": rng["cpu"].cpu(), **({"cuda": [t.cpu() for t in rng["cuda"]]} if "cuda" in rng else {})})
         start, metrics = state["epoch"], state["metrics"]
         log.info("resumed %s at epoch %d", last, start)
-    # last.pt, its temporary copy while it is rewritten, the snapshots still to come (and one more for a stop)
-    snapshots = sum(start < e <= cfg.epochs for e in set(cfg.keep_epochs)) + bool(cfg.keep_epochs)
-    size = checkpoint_bytes(net)
-    check_free_space(out, (2 + snapshots) * size,
-                     f"{cfg.arch}'s checkpoints (last.pt, its temporary copy and {snapshots} Fig. 3 snapshots, "
-                     f"{size / 1e9:.2f} GB each)")
+    check_free_space(out, disk_needed(cfg, len(split.classes), start), f"{cfg.arch}'s checkpoints")
     drops = metrics[-1].get("lr_drops", 0) if metrics else 0
     stopped = cfg.max_lr_drops is not None and drops >= cfg.max_lr_drops  # a resumed run that had ended
 

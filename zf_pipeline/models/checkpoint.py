@@ -88,7 +88,8 @@ def check_free_space(folder: str | os.PathLike, need: int, what: str) -> None:
     failing when a write comes up short."""
     free = shutil.disk_usage(folder).free
     if free < need:
-        raise OSError(errno.ENOSPC, f"{folder}: {free / 1e9:.1f} GB free, but {what} need about {need / 1e9:.1f} GB")
+        raise OSError(errno.ENOSPC, f"{folder}: {free / 1e9:.1f} GB free, but {what} need about {need / 1e9:.1f} GB "
+                                    f"(last.pt, its temporary copy and the Fig. 3 snapshots still to come)")
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
