@@ -10,7 +10,8 @@
 #   bash benchmarks/source_size.sh report DIR   after a hold: unpacks the archives brought back into DIR, writes
 #                                               source_size.json, its plots and the runs' records to $RESULTS
 #   bash benchmarks/source_size.sh report_tables DIR   after a `tables` hold: its records, Tables 1 and 2 and
-#                                               figures to $RESULTS/source_size/tables/NAME (the study untouched)
+#                                               figures to $RESULTS/source_size/tables/NAME (the study untouched),
+#                                               added to what an earlier hold kept there
 # There (in a call's command):
 #   bash benchmarks/source_size.sh sources      the staged folders as sources (make_sources.py) in /tmp/zf/sources
 #   bash benchmarks/source_size.sh init [ARG]...  the init study (benchmarks/init_study.py ARGs, 6 recipes at once) on
@@ -67,7 +68,7 @@ SELECTION=${SELECTION:-*table7,*table4}   # what a hold materializes per source 
 WHEELS="python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl"
 PREFIX="export PYTHONPATH=/tmp/site:\$PWD PYTHONUNBUFFERED=1 &&"
 
-usage() { sed -n '2,28p' "$0" >&2; exit 2; }
+usage() { sed -n '2,29p' "$0" >&2; exit 2; }
 
 stage() {
     [ $# -ge 1 ] || usage
@@ -227,6 +228,12 @@ report() {  # a source missing from DIR's archives is read from the copy an earl
 report_tables() {  # a `tables` hold: its runs kept apart, so they never replace a source's study point
     [ $# -eq 1 ] || usage
     local dir=$1 name runs=() results=${RESULTS:-docs/results}
+    # What earlier holds kept goes under the new archives (theirs win): Table 2's hold then adds to Table 1's
+    for name in imagenette imagenette_imagewoof mini_imagenet; do
+        if [ -d "$results/source_size/tables/$name" ] && [ ! -e "$dir/$name" ]; then
+            cp -r "$results/source_size/tables/$name" "$dir/$name"
+        fi
+    done
     unpack "$dir"
     for name in imagenette imagenette_imagewoof mini_imagenet; do
         if [ -d "$dir/$name/_records" ]; then runs+=("$name=$dir/$name"); fi

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -232,3 +234,36 @@ def test_keep_only_copies_a_tables_hold_and_writes_no_study(tmp_path):
                  only_table1)
     assert source_size.main([f"t1={only_table1}", "--out", str(out), "--keep", str(kept), "--keep-only"]) == 0
     assert (kept / "t1" / "table1" / "table1.md").read_bytes() == b"| Table 1 |"
+
+
+def _hold_archive(root: Path, name: str, archive: Path) -> Path:
+    """A hold's archive as source_size.sh pack leaves it: the output root's files under ``name/``."""
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["tar", "czf", str(archive), "--transform", f"s#^\\.#{name}#", "-C", str(root), "."], check=True)
+    return archive
+
+
+def test_report_tables_adds_a_later_holds_table_to_what_an_earlier_hold_kept(tmp_path):
+    """Table 1 from one hold, Table 2 from the next: the second report keeps both, and its records win."""
+    first = write_run(tmp_path / "first", 20, 40.0, None, table7=False)
+    write_file(first / "table1" / "table1.parquet", b"parquet")
+    write_file(first / "table1" / "table1.md", b"| Table 1 |")
+    write_record(first / "_records" / "table1.json", {"path": str(first / "table1" / "table1.parquet")}, first)
+    second = write_run(tmp_path / "second", 20, 40.0, None, table7=False)
+    write_file(second / "table2" / "table2.parquet", b"parquet")
+    write_file(second / "table2" / "table2.md", b"| Table 2 |")
+    write_record(second / "_records" / "table2.json", {"path": str(second / "table2" / "table2.parquet")}, second)
+    write_file(second / "train" / "f00" / "result.json", b'{"second": true}')
+    results = tmp_path / "results"
+
+    def report(root: Path, hold: str) -> None:
+        _hold_archive(root, "imagenette_imagewoof", tmp_path / hold / "hold_x.tar.gz")
+        subprocess.run(["bash", "benchmarks/source_size.sh", "report_tables", str(tmp_path / hold)], cwd=REPO,
+                       check=True, env={**os.environ, "RESULTS": str(results), "VENV_PYTHON": sys.executable})
+
+    report(first, "hold1")
+    report(second, "hold2")
+    kept = results / "source_size" / "tables" / "imagenette_imagewoof"
+    assert (kept / "table1" / "table1.md").read_bytes() == b"| Table 1 |"
+    assert (kept / "table2" / "table2.md").read_bytes() == b"| Table 2 |"
+    assert json.loads((kept / "train" / "f00" / "result.json").read_text()) == {"second": True}
