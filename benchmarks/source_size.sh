@@ -26,6 +26,7 @@
 #                                               (e.g. '*fig8,*fig3') in the same run, as `runs` does: every network
 #                                               with zfnet_model's recipe (CONFIG, then RECIPE), JOBS at once
 #                                               (9: Table 1's networks in one wave); TABLES='*table1' (or 2) for one
+#                                               table; SEEDS=N: Table 1's networks per architecture
 #   bash benchmarks/source_size.sh pack HOLD    the records, tables and result.json of every run -> $OUT/HOLD.tar.gz
 #
 # The plan: JPEGs travel, not shards. At 256 px q90 a shard holds 22 kB an image of Imagenette/Imagewoof (JPEGs:
@@ -68,7 +69,7 @@ SELECTION=${SELECTION:-*table7,*table4}   # what a hold materializes per source 
 WHEELS="python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl"
 PREFIX="export PYTHONPATH=/tmp/site:\$PWD PYTHONUNBUFFERED=1 &&"
 
-usage() { sed -n '2,29p' "$0" >&2; exit 2; }
+usage() { sed -n '2,30p' "$0" >&2; exit 2; }
 
 stage() {
     [ $# -ge 1 ] || usage
@@ -89,8 +90,8 @@ stage() {
     hold=$(IFS=-; echo "${names[*]}")
     # Under the 10-minute call limit with room for the pack, and for the first call's last part and sources;
     # repeated until every source says done.
-    # TABLES (one table of a `tables` step) goes into the printed calls: it is read there, not here
-    local step="${TABLES:+TABLES='$TABLES' }RUN_LIMIT_S=520"
+    # TABLES and SEEDS (of a `tables` step) go into the printed calls: they are read there, not here
+    local step="${TABLES:+TABLES='$TABLES' }${SEEDS:+SEEDS=$SEEDS }RUN_LIMIT_S=520"
     step+=" bash benchmarks/source_size.sh ${HOLD_STEP:-runs all '$SELECTION' ${names[*]}};"
     step+=" bash benchmarks/source_size.sh pack hold_$hold"
     first="bash benchmarks/source_size.sh sources && cp benchmarks/reproduce/source_size_recipe.yaml $STUDY/recipe.yaml && $step"
@@ -153,15 +154,15 @@ tables() {  # Table 1's variants and Table 2's ensemble train zfnet_model's reci
     [ $# -ge 1 ] || usage
     local name=$1 jobs=${2:-9}
     mkdir -p "$STUDY"
-    "$PYTHON" - "$CONFIG" "$RECIPE" "$jobs" > "$STUDY/tables.yaml" <<'PY'
+    "$PYTHON" - "$CONFIG" "$RECIPE" "$jobs" "${SEEDS:-1}" > "$STUDY/tables.yaml" <<'PY'
 import json, pathlib, sys
 import yaml
 recipe = {}
 for path in sys.argv[1:3]:
     if pathlib.Path(path).exists():
         recipe.update(yaml.safe_load(open(path))["ops"]["zfnet_model"]["config"])
-jobs = int(sys.argv[3])
-print(json.dumps({"ops": {"table1": {"config": {**recipe, "jobs": jobs}},
+jobs, seeds = int(sys.argv[3]), int(sys.argv[4])
+print(json.dumps({"ops": {"table1": {"config": {**recipe, "jobs": jobs, "seeds": seeds}},
                           "table2": {"config": {**recipe, "jobs": jobs}}}}))
 PY
     runs tables "${TABLES:-*table1,*table2}${3:+,$3}" "$name" -- -c "$STUDY/tables.yaml"

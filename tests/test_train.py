@@ -545,6 +545,26 @@ def test_tables_put_the_papers_numbers_beside_ours(tmp_path):
     assert "The ensemble's 3 networks alone: val top-1 error 21.00 +- 1.00 (min 20.00, max 22.00)" in md3
 
 
+def test_table1_averages_an_architectures_seeds_and_says_which_orderings_the_seeds_resolve():
+    rows = [{"arch": a, "val_top1_err": e, "val_top5_err": 5.0, "train_top1_err": t} for a, e, t in
+            [("ours", 24.0, 1.0), ("ours", 26.0, 3.0), ("krizhevsky", 30.0, 2.0), ("krizhevsky", 30.2, 2.0),
+             ("removed_6_7", 27.0, 1.0), ("removed_3_4", 27.5, 1.0)]]
+    t, md = table1(rows)
+    got = {r["arch"]: r for r in t.to_pylist()}
+    assert (got["ours"]["val_top1_err"], got["ours"]["train_top1_err"], got["ours"]["seeds"]) == (25.0, 2.0, 2)
+    assert got["ours"]["val_top1_err_sd"] == pytest.approx(2 ** 0.5)
+    assert (got["removed_3_4"]["seeds"], got["removed_3_4"]["val_top1_err_sd"]) == (1, None)
+    checks = {c["lower"]: c for c in orderings(t, "arch", TABLE1_ORDERINGS)}
+    # ours 25.0 +- 1.41 vs 30.1 +- 0.14, two seeds each: the gap (5.1) exceeds 2 x 1.005
+    assert checks["ours"]["holds"] is True and checks["ours"]["resolved"] is True
+    assert checks["removed_6_7"]["holds"] is True and checks["removed_6_7"]["resolved"] is None  # one seed each
+    assert "the gap exceeds two standard errors over the seeds" in md
+    close = table1([{"arch": "ours", "val_top1_err": e} for e in (24.0, 26.0)]
+                   + [{"arch": "krizhevsky", "val_top1_err": e} for e in (25.5, 26.5)])[1]
+    assert "**holds** (val top-1 error, ours vs krizhevsky: ours 25.0 vs 26.0, paper 38.3 vs 40.5; within two " \
+           "standard errors over the seeds: not resolved)" in close
+
+
 def test_the_papers_orderings_are_checked_on_our_rows_and_on_its_own():
     rows = [{"arch": a, "val_top1_err": e} for a, e in
             [("ours", 17.0), ("krizhevsky", 18.0), ("removed_3_4", 25.0), ("removed_6_7", 26.0), ("fc_8192", 18.5)]]

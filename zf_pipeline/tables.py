@@ -76,15 +76,20 @@ TABLE2_ORDERINGS = (("the ensemble beats one model", "5 convnets as per Fig. 2",
 
 def orderings(table: pa.Table, key: str, claims: Sequence[tuple[str, str, str]]) -> list[dict]:
     """Whether each claim's ordering of val top-1 error holds in our rows and in the paper's (rows by ``key``);
-    ``holds`` is None when either row was not run."""
+    ``holds`` is None when either row was not run. Where both rows are means over seeds (``val_top1_err_sd``,
+    ``seeds``), ``resolved`` says whether the gap exceeds two standard errors of the difference of the means."""
     rows = {r[key]: r for r in table.to_pylist()}
     out = []
     for claim, lower, higher in claims:
         a, b = rows.get(lower, {}), rows.get(higher, {})
         ours = [a.get("val_top1_err"), b.get("val_top1_err")]
         paper = [a.get("paper_val_top1_err"), b.get("paper_val_top1_err")]
-        out.append({"claim": claim, "lower": lower, "higher": higher, "ours": ours, "paper": paper,
-                    "holds": None if None in ours else ours[0] < ours[1]})
+        check = {"claim": claim, "lower": lower, "higher": higher, "ours": ours, "paper": paper,
+                 "holds": None if None in ours else ours[0] < ours[1], "resolved": None}
+        if check["holds"] is not None and all((r.get("seeds") or 0) > 1 for r in (a, b)):
+            se = math.sqrt(sum(r["val_top1_err_sd"] ** 2 / r["seeds"] for r in (a, b)))
+            check["resolved"] = abs(ours[0] - ours[1]) > 2 * se
+        out.append(check)
     return out
 
 
@@ -94,25 +99,36 @@ def orderings_markdown(checks: Sequence[dict]) -> str:
         return " vs ".join("—" if x is None else f"{x:.1f}" for x in v)
 
     verdict = {True: "**holds**", False: "**does not hold**", None: "not run"}
+    noise = {True: "; the gap exceeds two standard errors over the seeds",
+             False: "; within two standard errors over the seeds: not resolved", None: ""}
     lines = [f"- {c['claim']}: {verdict[c['holds']]} (val top-1 error, {c['lower']} vs {c['higher']}: ours "
-             f"{pair(c['ours'])}, paper {pair(c['paper'])})" for c in checks]
+             f"{pair(c['ours'])}, paper {pair(c['paper'])}{noise[c.get('resolved')]})" for c in checks]
     return "\nThe paper's orderings:\n\n" + "\n".join(lines) + "\n"
 
 
 def table1(rows: Sequence[dict]) -> tuple[pa.Table, str]:
     """Table 1: one row per architecture, ``rows`` holding ``arch`` and our ``train_top1_err``,
-    ``val_top1_err``, ``val_top5_err`` (%); the paper's three numbers go beside them, and under the
+    ``val_top1_err``, ``val_top5_err`` (%); several rows of one architecture (seeds) give their mean, with the
+    val top-1 error's SD and the number of ``seeds``. The paper's three numbers go beside them, and under the
     markdown which of :data:`TABLE1_ORDERINGS` hold."""
-    out = []
+    runs: dict[str, list[dict]] = {}
     for r in rows:
-        paper = TABLE1_PAPER.get(r["arch"], (None, None, None))
-        row = {"arch": r["arch"], "model": TABLE1_LABELS.get(r["arch"], r["arch"])}
+        runs.setdefault(r["arch"], []).append(r)
+    out = []
+    for arch, same in runs.items():
+        paper = TABLE1_PAPER.get(arch, (None, None, None))
+        row = {"arch": arch, "model": TABLE1_LABELS.get(arch, arch)}
         for name, p in zip(_ERRS, paper):
+            values = [r[name] for r in same if r.get(name) is not None]
             row[f"paper_{name}"] = p
-            row[name] = r.get(name)
+            row[name] = statistics.mean(values) if values else None
+        top1 = [r["val_top1_err"] for r in same if r.get("val_top1_err") is not None]
+        row["val_top1_err_sd"] = statistics.stdev(top1) if len(top1) > 1 else None
+        row["seeds"] = len(same)
         out.append(row)
     schema = pa.schema([("arch", pa.string()), ("model", pa.string())]
-                       + [(f"{p}{n}", pa.float64()) for n in _ERRS for p in ("paper_", "")])
+                       + [(f"{p}{n}", pa.float64()) for n in _ERRS for p in ("paper_", "")]
+                       + [("val_top1_err_sd", pa.float64()), ("seeds", pa.int64())])
     table = pa.Table.from_pylist(out, schema=schema)
     return table, markdown(table) + orderings_markdown(orderings(table, "arch", TABLE1_ORDERINGS))
 
@@ -129,7 +145,7 @@ def run_errors(run_dir: str | os.PathLike) -> dict:
 
 
 def table1_from_runs(run_dirs: Sequence[str | os.PathLike]) -> tuple[pa.Table, str]:
-    """Table 1 from finished run folders, one per architecture."""
+    """Table 1 from finished run folders, one or more (seeds) per architecture."""
     return table1([run_errors(d) for d in run_dirs])
 
 
