@@ -270,7 +270,8 @@ def check_disk(cfgs: Sequence[TrainConfig], folder: str | os.PathLike) -> None:
     """Fail at once when ``folder``'s disk cannot hold the checkpoints of all ``cfgs`` side by side (runs trained
     together, or one after another: each keeps its own)."""
     if cfgs:
-        need = sum(disk_needed(c, len(open_split(c.shards).classes)) for c in cfgs)
+        classes = {shards: len(open_split(shards).classes) for shards in {c.shards for c in cfgs}}
+        need = sum(disk_needed(c, classes[c.shards]) for c in cfgs)
         Path(folder).mkdir(parents=True, exist_ok=True)
         check_free_space(folder, need, f"{len(cfgs)} runs' checkpoints")
 
