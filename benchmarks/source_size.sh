@@ -65,6 +65,7 @@ PYTHON=${PYTHON:-python3}
 RECIPE=${RECIPE:-$STUDY/recipe.yaml}       # there: the zfnet_model config every source trains with (init study)
 CONFIG=${CONFIG:-benchmarks/reproduce/source_size.yaml}  # a CPU dry run gives a tiny copy
 NO_SCRATCH=benchmarks/reproduce/source_size_no_scratch.yaml
+NAMES="imagenette imagenette_imagewoof mini_imagenet"  # the sources make_sources.py builds
 SELECTION=${SELECTION:-*table7,*table4}   # what a hold materializes per source ('*table7,*table4,*fig8,*fig3': figures too)
 WHEELS="python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl"
 PREFIX="export PYTHONPATH=/tmp/site:\$PWD PYTHONUNBUFFERED=1 &&"
@@ -75,7 +76,7 @@ stage() {
     [ $# -ge 1 ] || usage
     local names=("$@") name paths=()
     for name in "${names[@]}"; do
-        case "$name" in imagenette | imagenette_imagewoof | mini_imagenet) ;; *) usage ;; esac
+        [[ " $NAMES " == *" $name "* ]] || usage
     done
     [ -f "$SOURCES/sources.json" ] || PYTHONPATH=. "${VENV_PYTHON:-.venv/bin/python}" benchmarks/make_sources.py \
         "$SOURCES" --imagenette "$IMAGENETTE" --imagewoof "$IMAGEWOOF" --mini-imagenet "$MINI_IMAGENET"
@@ -218,7 +219,7 @@ report() {  # a source missing from DIR's archives is read from the copy an earl
     [ $# -eq 1 ] || usage
     local dir=$1 name runs=() results=${RESULTS:-docs/results}
     unpack "$dir"
-    for name in imagenette imagenette_imagewoof mini_imagenet; do
+    for name in $NAMES; do
         if [ -d "$dir/$name/_records" ]; then runs+=("$name=$dir/$name")
         elif [ -d "$results/source_size/$name/_records" ]; then runs+=("$name=$results/source_size/$name"); fi
     done
@@ -230,13 +231,13 @@ report_tables() {  # a `tables` hold: its runs kept apart, so they never replace
     [ $# -eq 1 ] || usage
     local dir=$1 name runs=() results=${RESULTS:-docs/results}
     # What earlier holds kept goes under the new archives (theirs win): Table 2's hold then adds to Table 1's
-    for name in imagenette imagenette_imagewoof mini_imagenet; do
+    for name in $NAMES; do
         if [ -d "$results/source_size/tables/$name" ] && [ ! -e "$dir/$name" ]; then
             cp -r "$results/source_size/tables/$name" "$dir/$name"
         fi
     done
     unpack "$dir"
-    for name in imagenette imagenette_imagewoof mini_imagenet; do
+    for name in $NAMES; do
         if [ -d "$dir/$name/_records" ]; then runs+=("$name=$dir/$name"); fi
     done
     [ ${#runs[@]} -gt 0 ] || { echo "source_size.sh report_tables: no source's _records in $dir's archives" >&2; exit 1; }
