@@ -194,6 +194,7 @@ def test_report_keeps_what_it_read_and_redraws_from_the_copy(tmp_path):
     write_file(run / "table1" / "table1.md", b"| Table 1 |")
     write_record(run / "_records" / "table1.json", {"path": str(run / "table1" / "table1.parquet")}, run)
     write_file(run / "train" / "f01" / "result.json", b"{}")  # a network of Table 2, whose ensemble was cut short
+    write_file(run / "train" / "f01" / "metrics.jsonl", b'{"epoch": 1}\n')
     kept = tmp_path / "kept"
     assert source_size.main([f"src={run}", "--out", str(tmp_path / "a"), "--keep", str(kept)]) == 0
     assert (kept / "src" / "_records" / "table7.json").is_file() and (kept / "src" / "table7" / "table7.md").is_file()
@@ -202,6 +203,7 @@ def test_report_keeps_what_it_read_and_redraws_from_the_copy(tmp_path):
     assert (kept / "src" / "table1" / "table1.md").read_bytes() == b"| Table 1 |"
     assert not (kept / "src" / "train" / "f00" / "last.pt").exists()
     assert (kept / "src" / "train" / "f01" / "result.json").read_bytes() == b"{}"
+    assert (kept / "src" / "train" / "f01" / "metrics.jsonl").read_bytes() == b'{"epoch": 1}\n'
     shutil.rmtree(run)
 
     assert source_size.main([f"src={kept / 'src'}", "--out", str(tmp_path / "b"), "--keep", str(kept)]) == 0
