@@ -85,8 +85,9 @@ def gather(root: Path, px: int | None = None) -> dict:
 
 def kept_files(root: Path) -> list[Path]:
     """What :func:`gather` reads under ``root`` (records, result.json, the tables' Parquet files) with the learning
-    curve, the tables' Markdown, and Tables 1 / 2 (with each of their networks' result.json and metrics.jsonl) and
-    Fig. 8 / Fig. 3 (layers ``FIGURE_LAYERS``) where they ran: a copy of these redraws the report and shows the runs."""
+    curve, the tables' Markdown, and Tables 1 / 2 (with each of their networks' result.json, metrics.jsonl and
+    learning curve) and Fig. 8 / Fig. 3 (layers ``FIGURE_LAYERS``) where they ran: a copy of these redraws the report
+    and shows the runs."""
     present = set(recorded_assets(root))
     recorded = [asset for asset in ("zfnet_model", "imagenet_train_shards", *TABLES, *ABLATIONS, *FIGURES)
                 if asset in present]
@@ -97,10 +98,11 @@ def kept_files(root: Path) -> list[Path]:
         files += [run / "result.json", run / "learning_curve.png"]
     files += tables_read + [path.with_suffix(".md") for path in tables_read]
     if any(asset in recorded for asset in ABLATIONS):  # every network's result and rates, a table cut short included
-        files += sorted(root.glob("train/*/result.json")) + sorted(root.glob("train/*/metrics.jsonl"))
+        files += [path for pattern in ("result.json", "metrics.jsonl", "learning_curve.png")
+                  for path in sorted(root.glob(f"train/*/{pattern}"))]
     files += [Path(png) for asset in FIGURES if asset in recorded
               for layer, png in record(root, asset)["pngs"].items() if layer in FIGURE_LAYERS]
-    return [path for path in files if path.exists()]
+    return [path for path in dict.fromkeys(files) if path.exists()]
 
 
 def keep(root: Path, target: Path) -> None:

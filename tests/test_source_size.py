@@ -256,6 +256,9 @@ def test_report_tables_adds_a_later_holds_table_to_what_an_earlier_hold_kept(tmp
     write_file(second / "table2" / "table2.md", b"| Table 2 |")
     write_record(second / "_records" / "table2.json", {"path": str(second / "table2" / "table2.parquet")}, second)
     write_file(second / "train" / "f00" / "result.json", b'{"second": true}')
+    # the first hold's network, whose record the second's replaces, keeps its curve
+    write_file(first / "train" / "e00" / "result.json", b'{"first": true}')
+    write_file(first / "train" / "e00" / "learning_curve.png", b"png")
     results = tmp_path / "results"
 
     def report(root: Path, hold: str) -> None:
@@ -269,3 +272,4 @@ def test_report_tables_adds_a_later_holds_table_to_what_an_earlier_hold_kept(tmp
     assert (kept / "table1" / "table1.md").read_bytes() == b"| Table 1 |"
     assert (kept / "table2" / "table2.md").read_bytes() == b"| Table 2 |"
     assert json.loads((kept / "train" / "f00" / "result.json").read_text()) == {"second": True}
+    assert (kept / "train" / "e00" / "learning_curve.png").read_bytes() == b"png"
