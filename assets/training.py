@@ -287,14 +287,16 @@ def table2(
             cfgs.append(_table_run(settings, config, shards, "krizhevsky", config.seed))
         records = [zfnet_model] + train_all(context, settings, cfgs, upstream, config.launcher, config.jobs)
     replication = records.pop()["final"] if config.replication else None
-    ensemble = evaluate.ensemble_errors([Path(r["path"]) / train.PREDICTIONS for r in records])
+    sizes = evaluate.ensemble_sizes([Path(r["path"]) / train.PREDICTIONS for r in records])
     table, md = tables.table2(
         _ten_crop_errors(records[0]["final"]),
-        {"val_top1_err": ensemble["top1_err"], "val_top5_err": ensemble["top5_err"], "models": config.models},
+        {"val_top1_err": sizes[-1]["top1_err"], "val_top5_err": sizes[-1]["top5_err"], "models": config.models},
         _ten_crop_errors(replication) if replication else None,
         [_ten_crop_errors(r["final"]) for r in records],
+        sizes,
     )
     return {
         **publish_table(context, settings.out / "table2", "table2", table, md),
         "runs": [r["path"] for r in records],
+        "ensemble_sizes": sizes,
     }

@@ -18,7 +18,7 @@ from shard_writer import write_mean, write_split
 from torch import nn
 
 from zf_pipeline.data.loader import DecodedCache, ShardFormatError, augment, load_mean, open_split
-from zf_pipeline.evaluate import ensemble_errors, eval_crops, save_predictions, topk_errors
+from zf_pipeline.evaluate import ensemble_errors, ensemble_sizes, eval_crops, save_predictions, topk_errors
 from zf_pipeline.models.checkpoint import load_checkpoint
 from zf_pipeline.models.zfnet import filter_renormalizer, kaiming_init, renormalize_filters
 from zf_pipeline.tables import TABLE1_LABELS, TABLE1_ORDERINGS, orderings, table1, table2
@@ -132,6 +132,19 @@ def test_ensemble_averages_the_members_saved_probabilities(tmp_path):
     ens = ensemble_errors(paths)
     assert ens["top1_err"] == 0 and (ens["models"], ens["n"]) == (3, 4)
     assert ensemble_errors(paths[2:])["top1_err"] == 100
+
+
+def test_ensemble_sizes_average_every_k_subset_of_the_members(tmp_path):
+    labels = torch.tensor([0, 0, 1, 1])
+    good = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.4, 0.6]])
+    paths = [save_predictions(tmp_path / f"{name}.npz", p, labels) for name, p in (("a", good), ("b", 1 - good))]
+    one, two = ensemble_sizes(paths)
+    # one network: right (0%) or wrong (100%) by the member; the two averaged are 0.5 everywhere, ties to class 0
+    assert (one["models"], one["subsets"], one["top1_err"]) == (1, 2, 50.0)
+    assert (one["top1_err_min"], one["top1_err_max"]) == (0.0, 100.0)
+    assert (two["subsets"], two["top1_err"]) == (1, ensemble_errors(paths)["top1_err"])
+    many = [save_predictions(tmp_path / f"m{i}.npz", good, labels) for i in range(7)]
+    assert [s["subsets"] for s in ensemble_sizes(many, max_subsets=5)] == [5, 5, 5, 5, 5, 5, 1]
 
 
 def test_ensemble_refuses_members_tested_on_other_images_and_foreign_files(tmp_path):
@@ -543,6 +556,10 @@ def test_tables_put_the_papers_numbers_beside_ours(tmp_path):
     members = [{"val_top1_err": e, "val_top5_err": 5.0} for e in (20.0, 21.0, 22.0)]
     _, md3 = table2({"val_top1_err": 20.0, "val_top5_err": 5.0}, None, None, members)
     assert "The ensemble's 3 networks alone: val top-1 error 21.00 +- 1.00 (min 20.00, max 22.00)" in md3
+    sizes = [{"models": k, "top1_err": e} for k, e in ((1, 21.0), (2, 19.5))]
+    _, md4 = table2({"val_top1_err": 20.0, "val_top5_err": 5.0}, None, None, members, sizes)
+    assert "k networks averaged (mean over k-subsets of the ensemble's): 1: 21.00, 2: 19.50." in md4
+    assert "k networks averaged" not in md3
 
 
 def test_table1_averages_an_architectures_seeds_and_says_which_orderings_the_seeds_resolve():

@@ -8,7 +8,10 @@ probabilities each run saved (:func:`save_predictions`), so an ensemble needs ne
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
+import statistics
 from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -103,19 +106,45 @@ def load_predictions(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise ValueError(f"{path}: not a predictions file (expected probs, labels and ranks arrays): {e}") from e
 
 
-def ensemble_errors(paths: Sequence[str | os.PathLike]) -> dict[str, float]:
-    """Table 2's "N convnets": the networks' saved (crop-averaged) probabilities averaged, then top-1 / top-5
-    error. Every member must have seen the same images in the same order."""
+def _members(paths: Sequence[str | os.PathLike]) -> tuple[list[np.ndarray], np.ndarray]:
+    """Each member's probabilities (float32) and the labels they share; members tested on other images refused."""
     if not paths:
         raise ValueError("an ensemble needs at least one member's predictions")
     first = load_predictions(paths[0])
-    total = first["probs"].astype(np.float32)
+    probs = [first["probs"].astype(np.float32)]
     for path in paths[1:]:
         member = load_predictions(path)
-        if member["probs"].shape != total.shape or not np.array_equal(member["labels"], first["labels"]) \
+        if member["probs"].shape != probs[0].shape or not np.array_equal(member["labels"], first["labels"]) \
                 or member["ranks"] != first["ranks"]:
             raise ValueError(f"{path}: its images differ from {paths[0]}'s (count, labels or order); an ensemble's "
                              f"members must be tested on one validation split by one number of ranks")
-        total += member["probs"]
-    scores = torch.from_numpy(total / len(paths))
-    return {**topk_errors(scores, torch.from_numpy(first["labels"])), "n": len(first["labels"]), "models": len(paths)}
+        probs.append(member["probs"].astype(np.float32))
+    return probs, first["labels"]
+
+
+def _averaged_errors(probs: Sequence[np.ndarray], labels: np.ndarray) -> dict[str, float]:
+    scores = torch.from_numpy(sum(probs[1:], probs[0].copy()) / len(probs))
+    return {**topk_errors(scores, torch.from_numpy(labels)), "n": len(labels), "models": len(probs)}
+
+
+def ensemble_errors(paths: Sequence[str | os.PathLike]) -> dict[str, float]:
+    """Table 2's "N convnets": the networks' saved (crop-averaged) probabilities averaged, then top-1 / top-5
+    error. Every member must have seen the same images in the same order."""
+    return _averaged_errors(*_members(paths))
+
+
+def ensemble_sizes(paths: Sequence[str | os.PathLike], max_subsets: int = 20) -> list[dict[str, float]]:
+    """What each added network buys: for k = 1..N members, the errors of k-network ensembles averaged over
+    the k-subsets of ``paths`` (at most ``max_subsets`` of them, drawn with a fixed seed), with their spread."""
+    probs, labels = _members(paths)
+    sizes = []
+    for k in range(1, len(probs) + 1):
+        subsets = list(itertools.combinations(range(len(probs)), k))
+        if len(subsets) > max_subsets:
+            subsets = random.Random(k).sample(subsets, max_subsets)
+        errs = [_averaged_errors([probs[i] for i in subset], labels) for subset in subsets]
+        top1 = [e["top1_err"] for e in errs]
+        sizes.append({"models": k, "subsets": len(subsets), "top1_err": statistics.mean(top1),
+                      "top1_err_min": min(top1), "top1_err_max": max(top1),
+                      "top5_err": statistics.mean(e["top5_err"] for e in errs)})
+    return sizes

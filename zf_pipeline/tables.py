@@ -150,11 +150,12 @@ def table1_from_runs(run_dirs: Sequence[str | os.PathLike]) -> tuple[pa.Table, s
 
 
 def table2(single: dict | None, ensemble: dict | None, replication: dict | None = None,
-           members: Sequence[dict] = ()) -> tuple[pa.Table, str]:
+           members: Sequence[dict] = (), sizes: Sequence[dict] = ()) -> tuple[pa.Table, str]:
     """Table 2: the paper's rows, with ours where made: ``single`` (1 convnet as per Fig. 2), ``ensemble``
     (N convnets averaged; ``models`` gives N) and ``replication`` (Krizhevsky's net), each a dict holding
     ``val_top1_err`` and ``val_top5_err`` in %. The paper's test top-5 has no counterpart here. ``members``
-    (the ensemble's networks, one at a time) adds their spread: how far one seed moves any single row."""
+    (the ensemble's networks, one at a time) adds their spread: how far one seed moves any single row;
+    ``sizes`` (:func:`zf_pipeline.evaluate.ensemble_sizes`) what each added network buys."""
     ours = {"Our replication of (Krizhevsky et al., 2012), 1 convnet": replication,
             "1 convnet as per Fig. 2": single, "5 convnets as per Fig. 2": ensemble}
     rows = []
@@ -173,6 +174,9 @@ def table2(single: dict | None, ensemble: dict | None, replication: dict | None 
         md += (f"\nThe ensemble's {len(top1)} networks alone: val top-1 error {statistics.mean(top1):.2f} "
                f"+- {statistics.stdev(top1):.2f} (min {min(top1):.2f}, max {max(top1):.2f}), the spread a seed "
                f"gives any one-network row of Tables 1 and 2.\n")
+    if len(sizes) > 1:
+        md += ("\nVal top-1 error of k networks averaged (mean over k-subsets of the ensemble's): "
+               + ", ".join(f"{s['models']}: {s['top1_err']:.2f}" for s in sizes) + ".\n")
     return table, md
 
 
