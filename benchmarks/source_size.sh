@@ -41,10 +41,10 @@
 #   imagenette mini_imagenet         about 10 parts; mini-ImageNet trains 3.5M images (50,000 x 70 epochs) in
 #                                    10 min: 16 minutes of runs with Fig. 8 and Fig. 3, 18.5 with the staging
 #   all three                        about 12 parts: more than a session's device time
-#   tables imagenette_imagewoof      about 7 parts; Table 1's 9 networks at once: 13.5 min (13,200 img/s together),
-#                                    then Table 2's 4 seeds ~8 min: with staging and the figures more than one
-#                                    session's 30 min (docs/results/tables_1_2.md); TABLES='*table2' alone trains
-#                                    zfnet_model, then 5 networks at once (4 seeds, Krizhevsky's): ~12 min with staging
+#   tables imagenette_imagewoof      about 8 parts; Table 1's 9 networks at once: 13.5 min (13,200 img/s together),
+#                                    then Table 2's: with staging and the figures more than one session's 30 min
+#                                    (docs/results/tables_1_2.md); TABLES='*table2' alone trains zfnet_model (5 min),
+#                                    then 5 networks at once (4 seeds, Krizhevsky's; 8.5 min): 16 min with staging
 # Every source trains with the init study's recipe ($RECIPE, there a copy of
 # benchmarks/reproduce/source_size_recipe.yaml; `init` writes it anew by the study's rule).
 # At Imagenette's size one run leaves most of an H200 idle (validation and checkpoints between short epochs), so
