@@ -199,6 +199,9 @@ runs() {  # run SELECTION for several sources at once; fails when any of them di
 pack() {
     [ $# -eq 1 ] || usage
     mkdir -p "${OUT:?pack runs there, where \$OUT is set}"
+    # a machine taken back between calls comes back bare: say so, instead of cd's error and an empty archive
+    [ -d "$STUDY/out" ] || { echo "source_size.sh pack: no $STUDY/out on this machine: nothing has run here (a" \
+        "fresh machine? send the hold's calls again from call 0)" >&2; exit 1; }
     # val_predictions.npz: Table 2's ensemble can be computed here again, without the networks
     local kept=(-type f \( -path '*/_records/*' -o -name result.json -o -name 'metrics.*' -o -name val_predictions.npz
                 -o -name learning_curve.png -o -path './*/table[1247]/*' -o -name 'fig[38]*.png' \))

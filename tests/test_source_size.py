@@ -273,3 +273,15 @@ def test_report_tables_adds_a_later_holds_table_to_what_an_earlier_hold_kept(tmp
     assert (kept / "table2" / "table2.md").read_bytes() == b"| Table 2 |"
     assert json.loads((kept / "train" / "f00" / "result.json").read_text()) == {"second": True}
     assert (kept / "train" / "e00" / "learning_curve.png").read_bytes() == b"png"
+
+
+def test_a_bare_machine_is_named_by_the_calls_after_staging(tmp_path):
+    """A device machine taken back mid-hold comes back bare: a later call says what is missing, naming the fix."""
+    env = {**os.environ, "STUDY": str(tmp_path / "zf"), "OUT": str(tmp_path / "out")}
+    for args, expected in ((["run", "imagenette_imagewoof", "*table2"],
+                            f"no source {tmp_path}/zf/sources/imagenette_imagewoof (run 'sources' first)"),
+                           (["pack", "hold_x"], f"no {tmp_path}/zf/out on this machine: nothing has run here")):
+        done = subprocess.run(["bash", "benchmarks/source_size.sh", *args], cwd=REPO, env=env, capture_output=True,
+                              text=True)
+        assert done.returncode == 1 and expected in done.stderr, done.stderr
+    assert not (tmp_path / "out" / "hold_x.tar.gz").exists()
