@@ -22,7 +22,7 @@ from assets.cache import DONE, cached_stage, code_version, stage_dir
 from assets.metadata import image_md, publish_table, record_md
 from assets.parallel import Trainings, at_once, train_flags
 from assets.resources import ZFSettings
-from zf_pipeline import evaluate, tables, train
+from zf_pipeline import evaluate, render, tables, train
 from zf_pipeline.analysis import filters
 from zf_pipeline.data import loader
 from zf_pipeline.models import checkpoint, zfnet
@@ -295,8 +295,11 @@ def table2(
         [_ten_crop_errors(r["final"]) for r in records],
         sizes,
     )
+    png = render.render_table2(sizes, settings.out / "table2" / "table2.png")
+    context.add_output_metadata({"ensemble": image_md(png, title="what each added network takes off the error")})
     return {
         **publish_table(context, settings.out / "table2", "table2", table, md),
         "runs": [r["path"] for r in records],
         "ensemble_sizes": sizes,
+        "png": str(png),
     }

@@ -153,6 +153,7 @@ def test_table2_fills_the_replication_row_with_table1s_krizhevsky_network(tmp_pa
     ours = [r["dir"] / PREDICTIONS for r in results if r["arch"] == "ours"]
     assert t2["5 convnets as per Fig. 2"]["val_top1_err"] == pytest.approx(ensemble_errors(ours)["top1_err"])
     sizes = settings.record("table2")["ensemble_sizes"]
+    assert Path(settings.record("table2")["png"]).stat().st_size > 0
     assert [s["models"] for s in sizes] == [1, 2] and sizes[-1]["top1_err"] == pytest.approx(
         t2["5 convnets as per Fig. 2"]["val_top1_err"])
     # Fig. 3's epoch snapshots: zfnet_model's network alone keeps them, not the tables' others

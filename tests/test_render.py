@@ -21,6 +21,7 @@ from zf_pipeline.render import (
     render_fig4,
     render_fig5,
     render_fig8,
+    render_table2,
     render_table3,
     shown_rows,
     top9_tiles,
@@ -209,6 +210,9 @@ def test_evolution_occlusion_invariance_and_table3_pngs(tmp_path: Path) -> None:
     )
     rows = correspondence(model, imgs, config)
     assert size_of(render_table3(rows, tmp_path / "table3.png")) == (540, 140)
+    sizes = [{"models": k, "top1_err": 25.0 - k / 2, "top1_err_min": 24.5 - k / 2, "top1_err_max": 25.5 - k / 2}
+             for k in (1, 2, 3)]
+    assert size_of(render_table2(sizes, tmp_path / "table2.png")) == (600, 432)
     assert not list(tmp_path.glob(".*tmp*")), "temporary files left behind"
 
 
